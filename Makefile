@@ -1,0 +1,36 @@
+# splat: `make demo` and `make test` set everything up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU build of torch: an unpinned torch would pull several GB of CUDA packages.
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test setup bench-speed bench-quality clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/splat fit examples/piano.wav --force
+	$(BIN)/splat info examples/piano.atoms.json
+	$(BIN)/splat render examples/piano.atoms.json -o examples/piano.render.wav --force
+	$(BIN)/python examples/edit_atoms.py
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+bench-speed: $(STAMP)
+	$(BIN)/python benchmarks/speed.py
+
+bench-quality: $(STAMP)
+	$(BIN)/python benchmarks/quality.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,227 @@
+"""Atoms as the product's interface: the `Atom` record, `AtomSet`, and JSON load/save.
+
+The JSON file alone is enough to render: it holds the sample rate, the length,
+the level the input was normalised by, the model settings (envelope shape,
+number of partials) and every atom in physical units. It is versioned and fully
+validated on load; see the README for the field table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from splat.errors import FormatError
+from splat.files import write_text_atomic
+from splat.params import FIELDS, AtomParams, Bounds
+
+FORMAT_NAME = "splat.atoms"
+FORMAT_VERSION = 1
+ENVELOPES = ("gamma", "gaussian")
+MAX_PARTIALS = 512
+SAMPLE_RATE_RANGE = (8000, 192_000)
+
+
+@dataclass(frozen=True)
+class Atom:
+    """One sound event in physical units (see the README's JSON table)."""
+
+    time_s: float
+    gain_db: float
+    attack_s: float
+    spread_s: float
+    noise_center_hz: float
+    noise_bandwidth_hz: float
+    f0_hz: float
+    inharmonicity: float
+    rolloff_db: float
+    decay_s: float
+    mix: float
+    noise_seed: int
+
+    @classmethod
+    def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:
+        """Validate one JSON atom object.
+
+        Raises:
+            FormatError: naming the atom index and the field that is wrong.
+        """
+        where = f"atoms[{index}]"
+        if not isinstance(data, dict):
+            raise FormatError(f"{where} must be an object, got {type(data).__name__}")
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise FormatError(f"{where} has unknown field(s) {unknown}; valid fields: {', '.join(names)}")
+        values: dict[str, Any] = {}
+        for name in names:
+            if name not in data:
+                raise FormatError(f"{where}.{name} is missing")
+            value = data[name]
+            if name == "noise_seed":
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                    raise FormatError(f"{where}.noise_seed={value!r} must be an integer in [0, 2^63)")
+                values[name] = value
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise FormatError(f"{where}.{name}={value!r} must be a number")
+            value = float(value)
+            if not math.isfinite(value):
+                raise FormatError(f"{where}.{name}={value} must be finite")
+            lo, hi = (0.0, duration_s) if name == "time_s" else _range(bounds, name)
+            if not lo <= value <= hi:
+                raise FormatError(f"{where}.{name}={value:g} is out of range [{lo:g}, {hi:g}]")
+            values[name] = value
+        return cls(**values)
+
+
+def _range(bounds: Bounds, name: str) -> tuple[float, float]:
+    rng = bounds.range_of(name)
+    return rng.lo, rng.hi
+
+
+@dataclass(frozen=True)
+class AtomSet:
+    """Everything needed to render: atoms plus the file-level settings.
+
+    Attributes:
+        atoms: The active atoms, sorted by `time_s`.
+        sample_rate: Output sample rate in Hz.
+        duration_s: Output length in seconds.
+        gain: Linear factor the input audio was multiplied by before fitting;
+            rendering divides by it to restore the original level.
+        envelope: Burst envelope shape, "gamma" or "gaussian".
+        n_partials: Maximum number of partials per atom (those above Nyquist are silent).
+        seed: Seed of the fit that produced the atoms (provenance).
+        config: The fit configuration (provenance; not needed to render).
+    """
+
+    atoms: tuple[Atom, ...]
+    sample_rate: int
+    duration_s: float
+    gain: float = 1.0
+    envelope: str = "gamma"
+    n_partials: int = 64
+    seed: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_samples(self) -> int:
+        """Length of the rendered audio in samples."""
+        return round(self.duration_s * self.sample_rate)
+
+    def to_params(
+        self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
+    ) -> tuple[AtomParams, torch.Tensor]:
+        """Atoms as batch-1 tensors: (`AtomParams` of shape (1, atoms), noise seeds (atoms,))."""
+        values = torch.tensor(
+            [[getattr(a, name) for name in FIELDS] for a in self.atoms], dtype=torch.float64
+        ).reshape(1, len(self.atoms), len(FIELDS))
+        seeds = torch.tensor([a.noise_seed for a in self.atoms], dtype=torch.int64)
+        return AtomParams.unstack(values.to(device=device, dtype=dtype)), seeds
+
+    def with_atoms(self, atoms: list[Atom] | tuple[Atom, ...]) -> AtomSet:
+        """A copy holding `atoms` (sorted by time) instead of the current ones."""
+        return replace(self, atoms=tuple(sorted(atoms, key=lambda a: (a.time_s, a.f0_hz))))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON document (format version `FORMAT_VERSION`)."""
+        return {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "sample_rate": self.sample_rate,
+            "duration_s": self.duration_s,
+            "gain": self.gain,
+            "envelope": self.envelope,
+            "n_partials": self.n_partials,
+            "seed": self.seed,
+            "config": self.config,
+            "atoms": [asdict(a) for a in self.atoms],
+        }
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON file atomically."""
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> AtomSet:
+        """Validate a parsed JSON document.
+
+        Raises:
+            FormatError: on a wrong type, missing field, non-finite or out-of-range
+                value, or unknown format/version; the message names the field.
+        """
+        if not isinstance(doc, dict):
+            raise FormatError("the file must hold a JSON object at the top level")
+        if doc.get("format") != FORMAT_NAME:
+            raise FormatError(f"format={doc.get('format')!r}; expected {FORMAT_NAME!r} (not a splat atoms file?)")
+        if doc.get("version") != FORMAT_VERSION:
+            raise FormatError(
+                f"version={doc.get('version')!r} is not supported; this splat reads version {FORMAT_VERSION}"
+            )
+        sample_rate = _int_field(doc, "sample_rate", *SAMPLE_RATE_RANGE)
+        duration_s = _float_field(doc, "duration_s", 1.0 / sample_rate, 24 * 3600.0)
+        gain = _float_field(doc, "gain", 1e-6, 1e9)
+        envelope = doc.get("envelope")
+        if envelope not in ENVELOPES:
+            raise FormatError(f"envelope={envelope!r} must be one of {', '.join(ENVELOPES)}")
+        n_partials = _int_field(doc, "n_partials", 1, MAX_PARTIALS)
+        seed = _int_field(doc, "seed", 0, 2**63 - 1)
+        config = doc.get("config", {})
+        if not isinstance(config, dict):
+            raise FormatError("config must be an object")
+        raw_atoms = doc.get("atoms")
+        if not isinstance(raw_atoms, list):
+            raise FormatError("atoms must be a list of objects")
+        bounds = Bounds.for_sample_rate(sample_rate)
+        atoms = [Atom.from_dict(a, index=i, bounds=bounds, duration_s=duration_s) for i, a in enumerate(raw_atoms)]
+        return cls(
+            atoms=tuple(atoms),
+            sample_rate=sample_rate,
+            duration_s=duration_s,
+            gain=gain,
+            envelope=envelope,
+            n_partials=n_partials,
+            seed=seed,
+            config=config,
+        )
+
+    @classmethod
+    def load(cls, path: str | Path) -> AtomSet:
+        """Read and validate an atoms JSON file.
+
+        Raises:
+            FormatError: if the file cannot be read, is not JSON, or is invalid.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise FormatError(f"cannot read {path}: {exc}") from exc
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        return cls.from_dict(doc)
+
+
+def _int_field(doc: dict[str, Any], name: str, lo: int, hi: int) -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise FormatError(f"{name}={value!r} must be an integer")
+    if not lo <= value <= hi:
+        raise FormatError(f"{name}={value} is out of range [{lo}, {hi}]")
+    return value
+
+
+def _float_field(doc: dict[str, Any], name: str, lo: float, hi: float) -> float:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise FormatError(f"{name}={value!r} must be a finite number")
+    if not lo <= value <= hi:
+        raise FormatError(f"{name}={value:g} is out of range [{lo:g}, {hi:g}]")
+    return float(value)

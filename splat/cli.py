@@ -1,0 +1,379 @@
+"""The `splat` command line: fit, render, info and eval, each a thin wrapper over one library call.
+
+Every command reports the errors a user can fix (`SplatError`, bad option
+values) as one `error: ...` line on stderr with exit code 1, and writes its
+outputs atomically, so a failed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Annotated, Literal, cast
+
+import typer
+from rich.console import Console
+from rich.measure import Measurement
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
+from splat.audio import LoadedAudio, load_audio, output_format, write_audio
+from splat.errors import SplatError
+from splat.evaluate import evaluate_pair
+from splat.files import atomic_path
+from splat.fit import FitConfig, FitProgress, fit
+from splat.params import FIELDS
+from splat.synth import render_atom_set
+
+# Choices, spelled out so `--help` lists them and a typo fails before any work;
+# tests/test_cli.py checks they match the library's own lists. FitConfig types
+# these fields as plain str, hence the casts of its defaults below.
+Device = Literal["cpu", "cuda"]
+Engine = Literal["fast", "reference"]
+Envelope = Literal["gamma", "gaussian"]
+
+#: The option defaults are FitConfig's own (a frozen dataclass, so a constant), never restated here.
+_FIT_DEFAULTS = FitConfig()
+_DEFAULT_DEVICE = cast(Device, _FIT_DEFAULTS.device)
+_DEFAULT_ENGINE = cast(Engine, _FIT_DEFAULTS.engine)
+_DEFAULT_ENVELOPE = cast(Envelope, _FIT_DEFAULTS.envelope)
+
+#: Unit suffixes of atom field names and how a table header shows them.
+_UNIT_SUFFIXES = (("_hz", "Hz"), ("_db", "dB"), ("_s", "s"))
+
+app = typer.Typer(
+    name="splat",
+    no_args_is_help=True,
+    add_completion=False,
+    # Unexpected errors are bugs and keep their traceback, but without a dump
+    # of local variables (audio arrays).
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _stdout() -> Console:
+    return Console()
+
+
+def _stderr() -> Console:
+    return Console(stderr=True)
+
+
+def _say(console: Console, text: str) -> None:
+    """Print plain text: never parsed as markup (paths may hold "[...]"), never wrapped mid-path."""
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print `table` at its natural width even if the console is narrower.
+
+    Rich would otherwise squeeze the columns and cut numbers to "0.0…"; this way
+    a terminal wraps the long lines and a pipe or file gets them whole.
+    """
+    unlimited = console.options.update_width(1_000_000)
+    natural_width = Measurement.get(console, unlimited, table).maximum
+    if natural_width > console.width:
+        console = Console(file=console.file, width=natural_width)
+    console.print(table)
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report errors a user can fix as one `error: ...` line on stderr and exit with code 1.
+
+    These are splat's own errors, bad option values, and operating-system errors
+    such as a folder that cannot be written. Anything else is a bug in splat and
+    propagates with its traceback.
+    """
+    try:
+        yield
+    except (SplatError, OSError) as exc:
+        message = str(exc)
+    except typer.BadParameter as exc:
+        message = exc.format_message()
+    else:
+        return
+    # soft_wrap keeps the message on one line however narrow the terminal is;
+    # a Text object is never parsed as rich markup (messages contain "[lo, hi]").
+    _stderr().print(Text.assemble(("error:", "bold red"), " ", message.replace("\n", " ")), soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
+def _refuse_to_overwrite(*paths: Path, force: bool) -> None:
+    """Raise SplatError if any of `paths` exists and `force` is not set."""
+    if force:
+        return
+    for path in paths:
+        if path.exists():
+            raise SplatError(f"{path} exists; pass --force to overwrite")
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        # The installed distribution's version, as click's own `version_option` reports it.
+        _say(_stdout(), f"splat {installed_version('splat')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """splat fits a recording with a few editable sound events (atoms) and saves them as JSON.
+
+    Edit the JSON by hand, then turn it back into audio with `splat render`.
+    """
+
+
+class _RateColumn(ProgressColumn):
+    """Optimisation steps per second."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-- it/s" if speed is None else f"{speed:.1f} it/s", style="progress.data.speed")
+
+
+class _FitBars:
+    """Rich progress bars fed by `fit`'s callback: an overall bar and one bar per chunk."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._overall: TaskID | None = None
+        self._chunks: dict[int, TaskID] = {}
+
+    def __call__(self, update: FitProgress) -> None:
+        loss = f"{update.loss:.4f}"
+        if self._overall is None:
+            self._overall = self._progress.add_task(
+                "overall", total=update.n_chunks * update.n_steps, loss="", n_active=""
+            )
+        if update.chunk not in self._chunks:
+            self._chunks[update.chunk] = self._progress.add_task(
+                f"chunk {update.chunk + 1}/{update.n_chunks}", total=update.n_steps, loss="", n_active=""
+            )
+        # `step` counts from 1 to n_steps; `chunk` from 0.
+        self._progress.update(self._chunks[update.chunk], completed=update.step, loss=loss, n_active=update.n_active)
+        self._progress.update(
+            self._overall,
+            completed=update.chunk * update.n_steps + update.step,
+            loss=loss,
+            n_active=update.n_active,
+        )
+
+
+def _progress_bars(console: Console, *, disable: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("{task.fields[n_active]} atoms"),
+        _RateColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=disable,
+    )
+
+
+def _announce_conversions(loaded: LoadedAudio, console: Console) -> None:
+    if loaded.n_channels > 1:
+        channels = "stereo" if loaded.n_channels == 2 else f"{loaded.n_channels}-channel"
+        _say(console, f"{channels} input mixed to mono")
+    if loaded.source_sample_rate != loaded.sample_rate:
+        _say(console, f"resampled from {loaded.source_sample_rate} Hz to {loaded.sample_rate} Hz")
+
+
+@app.command("fit")
+def fit_command(
+    audio: Annotated[Path, typer.Argument(metavar="AUDIO", help="Recording to fit: WAV, FLAC, OGG, MP3, ...")],
+    n_atoms: Annotated[
+        int, typer.Option("--atoms", min=1, help="Maximum number of atoms per segment.")
+    ] = _FIT_DEFAULTS.n_atoms,
+    n_iters: Annotated[
+        int, typer.Option("--iters", min=1, help="Optimiser steps per chunk (consecutive segments fit together).")
+    ] = _FIT_DEFAULTS.n_iters,
+    lr: Annotated[
+        float,
+        typer.Option(help="Peak Adam learning rate in (0, 1], in units of the raw (unconstrained) parameters."),
+    ] = _FIT_DEFAULTS.lr,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Random seed (integer) for initialisation and noise.")
+    ] = _FIT_DEFAULTS.seed,
+    device: Annotated[Device, typer.Option(help="Torch device to fit on.")] = _DEFAULT_DEVICE,
+    engine: Annotated[
+        Engine, typer.Option(help="Synthesis engine used while fitting: fast, or reference (slow, exact).")
+    ] = _DEFAULT_ENGINE,
+    envelope: Annotated[Envelope, typer.Option(help="Shape of each atom's burst envelope.")] = _DEFAULT_ENVELOPE,
+    sample_rate: Annotated[
+        int,
+        typer.Option(
+            "--sr",
+            min=SAMPLE_RATE_RANGE[0],
+            max=SAMPLE_RATE_RANGE[1],
+            metavar="HZ",
+            help="Sample rate in Hz to fit at; the input is resampled to it.",
+        ),
+    ] = _FIT_DEFAULTS.sample_rate,
+    segment_s: Annotated[
+        float,
+        typer.Option(
+            "--segment-s",
+            metavar="SECONDS",
+            help="Segment length in seconds, in [0.1, 30]; each segment holds up to --atoms atoms.",
+            show_default=f"{_FIT_DEFAULTS.segment_s:.3f}",
+        ),
+    ] = _FIT_DEFAULTS.segment_s,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out-dir",
+            "-o",
+            file_okay=False,
+            help="Folder for <stem>.atoms.json and <stem>.recon.wav.",
+            show_default="the input's folder",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+) -> None:
+    """Fit AUDIO with atoms; write <stem>.atoms.json and the reconstruction <stem>.recon.wav."""
+    with _user_errors():
+        folder = audio.parent if out_dir is None else out_dir
+        json_path = folder / f"{audio.stem}.atoms.json"
+        wav_path = folder / f"{audio.stem}.recon.wav"
+        _refuse_to_overwrite(json_path, wav_path, force=force)
+        config = FitConfig(
+            n_atoms=n_atoms,
+            n_iters=n_iters,
+            lr=lr,
+            seed=seed,
+            device=device,
+            engine=engine,
+            envelope=envelope,
+            segment_s=segment_s,
+            sample_rate=sample_rate,
+        )
+        # Catch a bad option (or a missing GPU) before reading audio and fitting.
+        config.validate()
+        loaded = load_audio(audio, sample_rate=sample_rate)
+        log = _stderr()
+        if not quiet:
+            _announce_conversions(loaded, log)
+        with _progress_bars(log, disable=quiet) as progress:
+            result = fit(loaded.samples, loaded.sample_rate, config, callback=_FitBars(progress))
+        # Both files appear together or not at all.
+        with atomic_path(json_path) as json_tmp, atomic_path(wav_path) as wav_tmp:
+            result.atoms.save(json_tmp)
+            write_audio(wav_tmp, result.reconstruction, loaded.sample_rate)
+        if not quiet:
+            _say(
+                _stdout(),
+                f"atoms kept: {len(result.atoms.atoms)} for {loaded.duration_s:.2f} s of audio\n"
+                f"wrote {json_path}\nwrote {wav_path}",
+            )
+
+
+@app.command("render")
+def render_command(
+    atoms_json: Annotated[Path, typer.Argument(metavar="ATOMS.json", help="Atoms file written by `splat fit`.")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="OUT.wav", help="Audio file to write (.wav: 32-bit float, .flac).")
+    ],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Render an atoms JSON file to audio, using nothing but the JSON."""
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        output_format(out)
+        atom_set = AtomSet.load(atoms_json)
+        write_audio(out, render_atom_set(atom_set), atom_set.sample_rate)
+        _say(
+            _stdout(),
+            f"rendered {len(atom_set.atoms)} atoms ({atom_set.duration_s:.2f} s at {atom_set.sample_rate} Hz)\n"
+            f"wrote {out}",
+        )
+
+
+def _column_label(name: str) -> str:
+    """Table header for an atom field: 'noise_center_hz' -> 'noise center (Hz)'."""
+    for suffix, unit in _UNIT_SUFFIXES:
+        if name.endswith(suffix):
+            return f"{name[: -len(suffix)].replace('_', ' ')} ({unit})"
+    return name.replace("_", " ")
+
+
+@app.command("info")
+def info_command(
+    atoms_json: Annotated[Path, typer.Argument(metavar="ATOMS.json", help="Atoms file written by `splat fit`.")],
+) -> None:
+    """List the atoms of an atoms JSON file, one row per atom."""
+    with _user_errors():
+        atom_set = AtomSet.load(atoms_json)
+        console = _stdout()
+        _say(
+            console,
+            f"{atoms_json}: {len(atom_set.atoms)} atoms, {atom_set.sample_rate} Hz, {atom_set.duration_s:.3f} s, "
+            f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials",
+        )
+        table = Table(caption="mix: 0 = noise burst only, 1 = tone only")
+        table.add_column("#", justify="right")
+        for name in FIELDS:
+            table.add_column(_column_label(name), justify="right")
+        for index, atom in enumerate(atom_set.atoms):
+            values = [f"{atom.time_s:.3f}"] + [f"{getattr(atom, name):.4g}" for name in FIELDS[1:]]
+            table.add_row(str(index), *values)
+        _print_table(console, table)
+
+
+@app.command("eval")
+def eval_command(
+    original: Annotated[Path, typer.Argument(metavar="ORIGINAL", help="The recording that was fit.")],
+    reconstruction: Annotated[
+        Path, typer.Argument(metavar="RECONSTRUCTION", help="Audio to score against it, e.g. <stem>.recon.wav.")
+    ],
+    atoms_json: Annotated[
+        Path | None,
+        typer.Option("--atoms", metavar="ATOMS.json", help="Atoms behind the reconstruction: adds atom counts."),
+    ] = None,
+    notes: Annotated[
+        Path | None,
+        typer.Option(metavar="TRUTH.json", help="Ground-truth notes or hits: adds note scores (needs --atoms)."),
+    ] = None,
+    visqol: Annotated[bool, typer.Option(help="Compute ViSQOL (needs at least 1 s of audio).")] = True,
+) -> None:
+    """Score a reconstruction against the original; both are compared at the reconstruction's sample rate."""
+    with _user_errors():
+        if notes is not None and atoms_json is None:
+            raise typer.BadParameter("--notes scores the atoms, so it needs --atoms", param_hint="'--notes'")
+        atom_set = None if atoms_json is None else AtomSet.load(atoms_json)
+        recon = load_audio(reconstruction, sample_rate=None)
+        orig = load_audio(original, sample_rate=recon.sample_rate)
+        report = evaluate_pair(
+            orig.samples,
+            recon.samples,
+            recon.sample_rate,
+            atom_set=atom_set,
+            notes_path=notes,
+            with_visqol=visqol,
+        )
+        table = Table("metric")
+        table.add_column("value", justify="right")
+        for name, value in report.rows():
+            table.add_row(name, value)
+        _print_table(_stdout(), table)

@@ -1,0 +1,194 @@
+"""The two fitting engines: same atoms, same multi-resolution STFT objective.
+
+- `ReferenceEngine` renders every atom in the time domain and takes the STFTs
+  of the mix: simple and obviously correct, and slow.
+- `FastEngine` builds the expected power spectrogram directly from the
+  parameters (`splat.spectral`): no audio, no FFT of the mix in the loop.
+
+An engine is built once per chunk of segments (a *region* of the file, which
+may begin with the tails of atoms fitted earlier: the *background*) and maps
+`AtomParams` of shape (segments, atoms) to the scalar distance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from splat import loss, spectral, synth
+from splat.params import AtomParams
+
+
+@dataclass(frozen=True)
+class Region:
+    """A chunk of consecutive segments and the stretch of audio its loss covers.
+
+    Attributes:
+        start: First sample of the region (= first segment's start).
+        n_samples: Samples the loss covers (segments plus a look-ahead).
+        segment_starts: First sample of each segment, shape (segments,) as a tuple.
+        n_segment: Samples per segment.
+    """
+
+    start: int
+    n_samples: int
+    segment_starts: tuple[int, ...]
+    n_segment: int
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Settings shared by every engine call (none is optimised)."""
+
+    sample_rate: int
+    envelope: str
+    n_partials: int
+    resolutions: tuple[spectral.Resolution, ...]
+    grid_step: int
+
+    @property
+    def pad(self) -> int:
+        """Half the longest FFT: context needed on each side of a region."""
+        return max(r.n_fft for r in self.resolutions) // 2
+
+
+class FastEngine:
+    """Expected-spectrogram objective (see `splat.spectral`)."""
+
+    def __init__(
+        self,
+        target: Tensor,
+        region: Region,
+        spec: ModelSpec,
+        *,
+        background: tuple[AtomParams, Tensor] | None = None,
+    ) -> None:
+        """Prepare everything that does not depend on the parameters.
+
+        Args:
+            target: Normalised audio of the whole file, shape (samples,).
+            region: The chunk to fit.
+            spec: Model settings.
+            background: Earlier atoms (params of shape (segments, atoms), their
+                segment starts in samples, shape (segments,)) whose tails reach
+                into the region, or None.
+        """
+        device = target.device
+        self.spec = spec
+        self.region = region
+        # A segment's atoms are seen up to one segment past its end (or the region's end).
+        n_window = min(2 * region.n_segment, region.start + region.n_samples - region.segment_starts[0])
+        self.grid = spectral.Grid(n_window=n_window, step=spec.grid_step, pad=spec.pad)
+        self.plan = spectral.Plan(self.grid, spec.resolutions, sample_rate=spec.sample_rate, device=device)
+        self.targets = loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
+        starts = torch.tensor(region.segment_starts, device=device)
+        self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
+        self.scatter = [self._indices(starts, res) for res in spec.resolutions]
+        self.background = [torch.zeros_like(t) for t in self.targets]
+        if background is not None:
+            with torch.no_grad():
+                params, bg_starts = background
+                powers = self._powers(params, (bg_starts.float() / spec.sample_rate).unsqueeze(-1))
+                for i, res in enumerate(spec.resolutions):
+                    src, dst = self._indices(bg_starts, res)
+                    self.background[i] = self._place(powers[i], src, dst, i)
+
+    def _indices(self, starts: Tensor, res: spectral.Resolution) -> tuple[Tensor, Tensor]:
+        offsets = torch.div(starts - self.region.start, res.hop, rounding_mode="floor")
+        return spectral.overlap_add_indices(offsets, self.grid.n_window // res.hop, self.region.n_samples // res.hop)
+
+    def _place(self, windows: Tensor, src: Tensor, dst: Tensor, i: int) -> Tensor:
+        flat = windows.reshape(-1, windows.shape[-1])
+        return torch.zeros_like(self.targets[i]).index_add(0, dst, flat[src])
+
+    def _powers(self, params: AtomParams, window_start_s: Tensor) -> list[Tensor]:
+        return spectral.expected_power(
+            params, window_start_s, self.plan, envelope=self.spec.envelope, n_partials=self.spec.n_partials
+        )
+
+    def model_powers(self, params: AtomParams) -> list[Tensor]:
+        """Expected power spectrogram of the region per resolution, shape (frames, bins)."""
+        powers = self._powers(params, self.window_start_s)
+        return [
+            self._place(p, src, dst, i) + self.background[i]
+            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter))
+        ]
+
+    def __call__(self, params: AtomParams) -> Tensor:
+        """Multi-resolution STFT distance of the region (scalar)."""
+        return loss.multi_resolution_distance(self.targets, self.model_powers(params))
+
+
+class ReferenceEngine:
+    """Time-domain objective: render every atom, sum, take the real STFTs."""
+
+    def __init__(
+        self,
+        target: Tensor,
+        region: Region,
+        spec: ModelSpec,
+        *,
+        noise_seeds: Tensor,
+        background_audio: Tensor | None = None,
+        atoms_per_group: int = 8,
+    ) -> None:
+        """Args:
+        target: Normalised audio of the whole file, shape (samples,).
+        region: The chunk to fit.
+        spec: Model settings.
+        noise_seeds: Seeds of the atoms to fit, shape (segments, atoms).
+        background_audio: Earlier atoms rendered over the whole file, shape (samples,), or None.
+        atoms_per_group: Atoms rendered per checkpointed group (bounds memory).
+        """
+        self.spec = spec
+        self.region = region
+        self.targets = loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
+        self.first = region.start - spec.pad  # sample of the rendered context's start
+        self.n_context = region.n_samples + 2 * spec.pad
+        n_noise = synth.noise_length(spec.sample_rate)
+        flat = synth.white_noise(noise_seeds.flatten().cpu(), n_samples=n_noise, device=target.device)
+        self.white = flat.reshape(1, -1, n_noise)
+        self.background = None
+        if background_audio is not None:
+            lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())
+            bg = torch.zeros(self.n_context, device=target.device, dtype=target.dtype)
+            bg[lo - self.first : hi - self.first] = background_audio[lo:hi]
+            self.background = bg
+        self.atoms_per_group = atoms_per_group
+
+    def _render_group(self, white: Tensor, *fields: Tensor) -> Tensor:
+        params = AtomParams(*fields)
+        audio = synth.render_atoms(
+            params,
+            white,
+            n_samples=self.n_context,
+            sample_rate=self.spec.sample_rate,
+            start_s=self.first / self.spec.sample_rate,
+            envelope=self.spec.envelope,
+            n_partials=self.spec.n_partials,
+        )
+        return audio.sum(dim=(0, 1))
+
+    def render(self, params: AtomParams) -> Tensor:
+        """The region's audio with context: shape (n_samples + 2 * pad,)."""
+        flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
+        mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
+        n = flat.time_s.shape[1]
+        for lo in range(0, n, self.atoms_per_group):
+            group = flat.select(slice(lo, lo + self.atoms_per_group))
+            white = self.white[:, lo : lo + self.atoms_per_group]
+            mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
+        if self.background is not None:
+            mix = mix + self.background
+        return mix
+
+    def model_powers(self, params: AtomParams) -> list[Tensor]:
+        """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
+        return loss.region_powers(self.render(params), self.spec.pad, self.region.n_samples, self.spec.resolutions)
+
+    def __call__(self, params: AtomParams) -> Tensor:
+        """Multi-resolution STFT distance of the region (scalar)."""
+        return loss.multi_resolution_distance(self.targets, self.model_powers(params))

@@ -1,0 +1,393 @@
+"""Fit atoms to audio: `FitConfig`, `fit()`, `FitResult`.
+
+The file is cut into segments (about 1.5 s); each segment owns up to `n_atoms`
+atoms whose onsets lie inside it, while their tails may ring on. Consecutive
+segments are fitted jointly, a chunk at a time (one batched optimisation, so
+there is no seam between them); a chunk sees the tails of the atoms fitted
+before it as a fixed background, and its loss looks half a segment past its
+end. Memory is bounded by the chunk size, not the file length.
+
+Per chunk: initial atoms from onset/pitch analysis, then Adam on the raw
+parameters with a warm-up + cosine learning-rate schedule, minimising the
+multi-resolution STFT distance plus an annealed L1 penalty on atom
+amplitudes; atoms falling more than `prune_db` below the loudest are pruned.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from splat import analysis, dsp, spectral, synth
+from splat.atoms import ENVELOPES, Atom, AtomSet
+from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
+from splat.errors import AudioError, ParameterError
+from splat.params import FIELDS, AtomParams, Bounds, to_physical, to_raw
+
+ENGINES = ("fast", "reference")
+#: Level given to pruned atoms inside the loss (they are dropped from the output).
+MUTED_DB = -200.0
+#: Peak level the input is normalised to before fitting.
+NORMALISED_PEAK = 1.0
+#: Fractions of the iterations after which quiet atoms are pruned.
+PRUNE_AT = (0.5, 0.75, 1.0)
+#: Step size of each raw field relative to `FitConfig.lr`. Adam's steps are about
+#: lr in raw units whatever the gradient scale, so these set how far a field can
+#: move per step: ~2 ms for onsets and ~6 cents for f0 at lr = 0.05, so that
+#: neither jumps out of the basin the analysis put it in.
+FIELD_STEP = {"time_s": 0.1, "f0_hz": 0.05, "inharmonicity": 0.5}
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Everything that controls a fit. Recorded in the output JSON.
+
+    Attributes:
+        n_atoms: Maximum atoms per segment.
+        n_iters: Optimiser steps per chunk of segments.
+        lr: Peak learning rate of Adam on the raw parameters.
+        seed: Seed for the initial atoms and their noise.
+        device: "cpu" or "cuda".
+        engine: "fast" (expected spectrogram) or "reference" (time domain).
+        envelope: Burst envelope shape, "gamma" or "gaussian".
+        sample_rate: Rate the audio is resampled to, in Hz.
+        segment_s: Segment length in seconds (rounded to a multiple of the longest FFT).
+        n_partials: Maximum partials per atom.
+        fft_sizes: STFT sizes of the loss (hop = size / 4).
+        sparsity: Final weight of the L1 penalty on atom amplitudes.
+        prune_db: Atoms this far below the loudest one are pruned.
+        segments_per_chunk: Segments optimised together (bounds memory).
+        grid_step: Time grid of the fast engine, in samples.
+    """
+
+    n_atoms: int = 64
+    n_iters: int = 1000
+    lr: float = 0.05
+    seed: int = 0
+    device: str = "cpu"
+    engine: str = "fast"
+    envelope: str = "gamma"
+    sample_rate: int = 22050
+    segment_s: float = 32768 / 22050
+    n_partials: int = 64
+    fft_sizes: tuple[int, ...] = (4096, 2048, 1024, 512)
+    sparsity: float = 0.01
+    prune_db: float = 50.0
+    segments_per_chunk: int = 8
+    grid_step: int = 32
+
+    def validate(self) -> None:
+        """Raises:
+        ParameterError: naming the first option that is out of range.
+        """
+        checks = [
+            (self.n_atoms >= 1, f"n_atoms={self.n_atoms} must be at least 1"),
+            (self.n_iters >= 1, f"n_iters={self.n_iters} must be at least 1"),
+            (0 < self.lr <= 1, f"lr={self.lr} must be in (0, 1]"),
+            (self.engine in ENGINES, f"engine={self.engine!r} must be one of {', '.join(ENGINES)}"),
+            (self.envelope in ENVELOPES, f"envelope={self.envelope!r} must be one of {', '.join(ENVELOPES)}"),
+            (8000 <= self.sample_rate <= 192_000, f"sample_rate={self.sample_rate} must be in [8000, 192000] Hz"),
+            (0.1 <= self.segment_s <= 30, f"segment_s={self.segment_s} must be in [0.1, 30] s"),
+            (1 <= self.n_partials <= 512, f"n_partials={self.n_partials} must be in [1, 512]"),
+            (len(self.fft_sizes) >= 1, "fft_sizes must not be empty"),
+            (self.sparsity >= 0, f"sparsity={self.sparsity} must be >= 0"),
+            (self.prune_db > 0, f"prune_db={self.prune_db} must be > 0"),
+            (self.segments_per_chunk >= 1, f"segments_per_chunk={self.segments_per_chunk} must be >= 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ParameterError(message)
+        for n_fft in self.fft_sizes:
+            if n_fft < 4 * self.grid_step or n_fft & (n_fft - 1):
+                raise ParameterError(f"fft size {n_fft} must be a power of two >= {4 * self.grid_step}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ParameterError(f"device={self.device!r} requested but CUDA is not available; use --device cpu")
+
+    @property
+    def n_segment(self) -> int:
+        """Samples per segment: segment_s rounded to a multiple of the longest FFT."""
+        unit = max(self.fft_sizes)
+        return max(unit, round(self.segment_s * self.sample_rate / unit) * unit)
+
+
+@dataclass(frozen=True)
+class FitProgress:
+    """Reported after every optimiser step."""
+
+    chunk: int
+    n_chunks: int
+    step: int
+    n_steps: int
+    loss: float
+    n_active: int
+
+
+@dataclass
+class FitResult:
+    """Atoms, their rendering at the input's level, and the loss history per chunk."""
+
+    atoms: AtomSet
+    reconstruction: np.ndarray
+    losses: list[list[float]] = field(default_factory=list)
+
+
+def fit(
+    audio: np.ndarray,
+    sample_rate: int,
+    config: FitConfig,
+    *,
+    callback: Callable[[FitProgress], None] | None = None,
+) -> FitResult:
+    """Fit atoms to mono audio.
+
+    Args:
+        audio: Mono audio at `sample_rate`, shape (samples,).
+        sample_rate: Must equal `config.sample_rate` (resample first; see `splat.audio`).
+        config: Fit settings.
+        callback: Called with a `FitProgress` after every step.
+
+    Returns:
+        A `FitResult`; `reconstruction` is `render_atom_set(result.atoms)`.
+
+    Raises:
+        ParameterError: on an invalid config or a sample-rate mismatch.
+        AudioError: on empty, silent or non-finite audio.
+    """
+    config.validate()
+    if sample_rate != config.sample_rate:
+        raise ParameterError(f"audio is at {sample_rate} Hz but config.sample_rate={config.sample_rate}; resample")
+    samples = np.asarray(audio, dtype=np.float64).reshape(-1)
+    if samples.size == 0:
+        raise AudioError("the audio is empty: nothing to fit")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("the audio contains NaN or infinite samples")
+    peak = float(np.max(np.abs(samples)))
+    if peak < 1e-6:
+        raise AudioError("the audio is silent (peak below -120 dBFS): nothing to fit")
+    gain = NORMALISED_PEAK / peak
+    device = torch.device(config.device)
+    target = torch.tensor(samples * gain, dtype=torch.float32, device=device)
+
+    bounds = Bounds.for_sample_rate(sample_rate)
+    spec = ModelSpec(
+        sample_rate=sample_rate,
+        envelope=config.envelope,
+        n_partials=config.n_partials,
+        resolutions=spectral.resolutions_for(config.fft_sizes),
+        grid_step=config.grid_step,
+    )
+    n = samples.size
+    seg = config.n_segment
+    n_segments = math.ceil(n / seg)
+    chunks = [
+        list(range(lo, min(lo + config.segments_per_chunk, n_segments)))
+        for lo in range(0, n_segments, config.segments_per_chunk)
+    ]
+    rng = np.random.default_rng(config.seed)
+    atoms: list[Atom] = []
+    losses: list[list[float]] = []
+    previous: tuple[AtomParams, Tensor] | None = None
+    for c, segments in enumerate(chunks):
+        region = _region(segments, seg, n, last=c == len(chunks) - 1)
+        params, seeds, history = _fit_chunk(
+            target, region, spec, bounds, config, rng, previous, atoms, chunk=c, n_chunks=len(chunks), callback=callback
+        )
+        losses.append(history)
+        atoms.extend(_export(params, seeds, bounds, duration_s=n / sample_rate))
+        # Only the last segment's window (two segments long) reaches into the next chunk.
+        last_segment = AtomParams(**{k: v[-1:] for k, v in vars(params).items()})
+        previous = (last_segment, torch.tensor(region.segment_starts[-1:], device=device))
+
+    atom_set = AtomSet(
+        atoms=(),
+        sample_rate=sample_rate,
+        duration_s=n / sample_rate,
+        gain=gain,
+        envelope=config.envelope,
+        n_partials=config.n_partials,
+        seed=config.seed,
+        config=asdict(config),
+    ).with_atoms(atoms)
+    return FitResult(atoms=atom_set, reconstruction=synth.render_atom_set(atom_set), losses=losses)
+
+
+def _region(segments: list[int], seg: int, n: int, *, last: bool) -> Region:
+    start = segments[0] * seg
+    look_ahead = 0 if last else seg // 2
+    return Region(
+        start=start,
+        n_samples=len(segments) * seg + look_ahead,
+        segment_starts=tuple(s * seg for s in segments),
+        n_segment=seg,
+    )
+
+
+def _onset_windows(region: Region, n: int, sample_rate: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Start and length (s) of each segment's onset window, shapes (segments, 1); clipped to the file."""
+    starts = torch.tensor(region.segment_starts, dtype=torch.float32, device=device).unsqueeze(-1)
+    lengths = (torch.clamp(n - 1 - starts, max=region.n_segment)).clamp_min(1.0)
+    return starts / sample_rate, lengths / sample_rate
+
+
+def initial_params(
+    target: np.ndarray,
+    region: Region,
+    sample_rate: int,
+    n_atoms: int,
+    bounds: Bounds,
+    rng: np.random.Generator,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Physical starting values, each of shape (segments, atoms), and noise seeds.
+
+    Atoms go to the strongest (onset, pitch) seeds of each segment; the rest start
+    at random times and pitches, quiet.
+    """
+    seg = region.n_segment
+    lo = region.start
+    hi = min(region.segment_starts[-1] + seg, target.size)
+    seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate)
+    n_seg = len(region.segment_starts)
+    shape = (n_seg, n_atoms)
+    values = {
+        "attack_s": np.full(shape, 0.008),
+        "spread_s": np.full(shape, 0.006),
+        "noise_center_hz": np.exp(rng.uniform(np.log(300.0), np.log(6000.0), shape)),
+        "noise_bandwidth_hz": np.full(shape, 3000.0),
+        "inharmonicity": np.full(shape, 1e-4),
+        "rolloff_db": np.full(shape, 4.0),
+        "decay_s": np.full(shape, 1.5),
+        "mix": np.full(shape, 0.85),
+    }
+    values["noise_center_hz"] = np.minimum(values["noise_center_hz"], bounds.noise_center_hz.hi)
+    starts = np.array(region.segment_starts) / sample_rate
+    length_s = np.minimum(seg, target.size - np.array(region.segment_starts)) / sample_rate
+    time_s = starts[:, None] + rng.uniform(0.0, 1.0, shape) * length_s[:, None]
+    f0_hz = np.exp(rng.uniform(np.log(55.0), np.log(1760.0), shape))
+    level_db = np.full(shape, analysis.QUIET_DB)
+    used = np.zeros(n_seg, dtype=int)
+    for s in seeds:
+        t = lo / sample_rate + s.time_s
+        i = int((t * sample_rate - region.start) // seg)
+        if not 0 <= i < n_seg or used[i] >= n_atoms:
+            continue
+        j = used[i]
+        time_s[i, j] = max(t - 0.002, starts[i])
+        f0_hz[i, j] = min(max(s.f0_hz, bounds.f0_hz.lo * 1.01), bounds.f0_hz.hi * 0.99)
+        level_db[i, j] = s.level_db
+        used[i] += 1
+    values["time_s"] = np.minimum(time_s, starts[:, None] + length_s[:, None] * 0.999)
+    values["f0_hz"] = f0_hz
+    values["gain_db"] = np.clip(level_db - _tone_peak_db(values, sample_rate), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
+    noise_seeds = rng.integers(0, 2**62, size=shape)
+    return values, noise_seeds
+
+
+def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int) -> float:
+    """Peak level (dB) of the resonance of a 0 dB atom with the shared starting shape."""
+    u = torch.arange(int(0.5 * sample_rate), dtype=torch.float64) / sample_rate
+    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    env = dsp.burst_envelope(u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape="gamma")
+    power = dsp.resonance_power(env**2, one * values["decay_s"].flat[0], step_samples=1, sample_rate=sample_rate)
+    mix = float(values["mix"].flat[0])
+    return 10.0 * math.log10(mix * float(power.max()))
+
+
+def _fit_chunk(
+    target: Tensor,
+    region: Region,
+    spec: ModelSpec,
+    bounds: Bounds,
+    config: FitConfig,
+    rng: np.random.Generator,
+    previous: tuple[AtomParams, Tensor] | None,
+    atoms_so_far: list[Atom],
+    *,
+    chunk: int,
+    n_chunks: int,
+    callback: Callable[[FitProgress], None] | None,
+) -> tuple[AtomParams, Tensor, list[float]]:
+    device = target.device
+    n = target.numel()
+    values, noise_seeds = initial_params(
+        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng
+    )
+    t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
+    start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
+    raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
+    step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device)
+    # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
+    shift = torch.zeros_like(raw0, requires_grad=True)
+    seeds = torch.tensor(noise_seeds, dtype=torch.int64)
+
+    if config.engine == "fast":
+        engine: FastEngine | ReferenceEngine = FastEngine(target, region, spec, background=previous)
+    else:
+        background = None
+        if atoms_so_far:
+            partial_set = AtomSet(atoms=tuple(atoms_so_far), sample_rate=spec.sample_rate, duration_s=n / spec.sample_rate,
+                                  envelope=spec.envelope, n_partials=spec.n_partials)
+            background = torch.tensor(synth.render_atom_set(partial_set), device=device)
+        engine = ReferenceEngine(target, region, spec, noise_seeds=seeds, background_audio=background)
+
+    optimiser = torch.optim.Adam([shift], lr=config.lr)
+    warmup = max(1, config.n_iters // 20)
+
+    def lr_factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, config.n_iters - warmup)
+        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
+    prune_steps = {max(1, round(f * config.n_iters)) for f in PRUNE_AT}
+    history: list[float] = []
+    for step in range(1, config.n_iters + 1):
+        raw = raw0 + step_scale * shift
+        params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+        distance = engine(params)
+        # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
+        weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
+        objective = distance + weight * (params.amplitude * active).sum() / active.shape[0]
+        optimiser.zero_grad(set_to_none=True)
+        objective.backward()
+        optimiser.step()
+        schedule.step()
+        history.append(distance.item())
+        if step in prune_steps:
+            with torch.no_grad():
+                gain_db = params.gain_db
+                loudest = gain_db[active].max() if active.any() else gain_db.max()
+                active &= gain_db > loudest - config.prune_db
+        if callback is not None:
+            callback(
+                FitProgress(
+                    chunk=chunk, n_chunks=n_chunks, step=step, n_steps=config.n_iters,
+                    loss=history[-1], n_active=int(active.sum()),
+                )
+            )
+    with torch.no_grad():
+        final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+    return final, torch.where(active.cpu(), seeds, -1), history
+
+
+def _masked(params: AtomParams, active: Tensor) -> AtomParams:
+    return replace(params, gain_db=torch.where(active, params.gain_db, torch.full_like(params.gain_db, MUTED_DB)))
+
+
+def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: float) -> list[Atom]:
+    """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges."""
+    values = params.stack().detach().double().cpu().numpy()
+    out = []
+    for s, a in zip(*np.nonzero(seeds.numpy() >= 0)):
+        record = {}
+        for i, name in enumerate(FIELDS):
+            lo, hi = (0.0, duration_s) if name == "time_s" else (bounds.range_of(name).lo, bounds.range_of(name).hi)
+            record[name] = float(np.clip(values[s, a, i], lo, hi))
+        out.append(Atom(**record, noise_seed=int(seeds[s, a])))
+    return out

@@ -1,0 +1,178 @@
+"""Raw (unconstrained) <-> physical atom parameters: the ONLY place they are mapped.
+
+The optimiser works on one raw tensor of shape (batch, atoms, n_fields), one
+column per field of `FIELDS`. Every field is a sigmoid of its raw value mapped
+onto a declared range, linearly or on a log scale, so any raw value is a valid
+atom and the map has an exact inverse (`to_raw`). Onset times are mapped onto
+each batch item's own window (a segment of the file), given as `t0_s` and
+`span_s`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+
+from splat.errors import ParameterError
+
+#: Field order of the raw tensor's last axis (and of `AtomParams`).
+FIELDS: tuple[str, ...] = (
+    "time_s",
+    "gain_db",
+    "attack_s",
+    "spread_s",
+    "noise_center_hz",
+    "noise_bandwidth_hz",
+    "f0_hz",
+    "inharmonicity",
+    "rolloff_db",
+    "decay_s",
+    "mix",
+)
+N_FIELDS = len(FIELDS)
+
+# Keeps sigmoid inputs finite when a physical value sits exactly on a bound.
+_EDGE = 1e-6
+
+
+@dataclass(frozen=True)
+class Range:
+    """A closed interval and the curve the raw value is mapped along."""
+
+    lo: float
+    hi: float
+    log: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.lo < self.hi or (self.log and self.lo <= 0):
+            raise ParameterError(f"invalid range [{self.lo}, {self.hi}] (log={self.log})")
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Physical ranges of every atom field except `time_s` (set per segment).
+
+    Units are in the names of `splat.params.FIELDS`. `for_sample_rate` caps the
+    frequency ranges below Nyquist.
+    """
+
+    gain_db: Range = Range(-90.0, 24.0)
+    attack_s: Range = Range(0.0005, 0.25, log=True)
+    spread_s: Range = Range(0.001, 0.3, log=True)
+    noise_center_hz: Range = Range(30.0, 11_000.0, log=True)
+    noise_bandwidth_hz: Range = Range(20.0, 16_000.0, log=True)
+    f0_hz: Range = Range(25.0, 5_000.0, log=True)
+    inharmonicity: Range = Range(0.0, 0.02)
+    rolloff_db: Range = Range(0.1, 60.0, log=True)
+    decay_s: Range = Range(0.03, 12.0, log=True)
+    mix: Range = Range(0.0, 1.0)
+
+    @classmethod
+    def for_sample_rate(cls, sample_rate: int) -> Bounds:
+        """Default bounds with frequency ranges capped at 0.45 * sample_rate."""
+        if sample_rate < 8000:
+            raise ParameterError(f"sample_rate={sample_rate} Hz is too low; use at least 8000 Hz")
+        top = 0.45 * sample_rate
+        base = cls()
+        return cls(
+            noise_center_hz=Range(base.noise_center_hz.lo, min(base.noise_center_hz.hi, top), log=True),
+            noise_bandwidth_hz=Range(base.noise_bandwidth_hz.lo, min(base.noise_bandwidth_hz.hi, 2 * top), log=True),
+            f0_hz=Range(base.f0_hz.lo, min(base.f0_hz.hi, top), log=True),
+        )
+
+    def range_of(self, name: str) -> Range:
+        """The `Range` of one field (not `time_s`)."""
+        value = getattr(self, name)
+        assert isinstance(value, Range)
+        return value
+
+
+@dataclass
+class AtomParams:
+    """Physical atom parameters; every field is a tensor of shape (batch, atoms).
+
+    See the README's JSON table for each field's meaning.
+    """
+
+    time_s: Tensor
+    gain_db: Tensor
+    attack_s: Tensor
+    spread_s: Tensor
+    noise_center_hz: Tensor
+    noise_bandwidth_hz: Tensor
+    f0_hz: Tensor
+    inharmonicity: Tensor
+    rolloff_db: Tensor
+    decay_s: Tensor
+    mix: Tensor
+
+    def stack(self) -> Tensor:
+        """All fields as one tensor of shape (batch, atoms, n_fields), in `FIELDS` order."""
+        return torch.stack([getattr(self, name) for name in FIELDS], dim=-1)
+
+    @classmethod
+    def unstack(cls, values: Tensor) -> AtomParams:
+        """Inverse of `stack`: (batch, atoms, n_fields) -> AtomParams."""
+        if values.shape[-1] != N_FIELDS:
+            raise ParameterError(f"expected {N_FIELDS} fields in the last axis, got {values.shape[-1]}")
+        return cls(**{name: values[..., i] for i, name in enumerate(FIELDS)})
+
+    def select(self, index: Tensor | slice) -> AtomParams:
+        """Atoms `index` along the atoms axis of every field."""
+        return AtomParams(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
+
+    @property
+    def amplitude(self) -> Tensor:
+        """Linear gain 10^(gain_db/20), shape (batch, atoms)."""
+        return torch.pow(10.0, self.gain_db / 20.0)
+
+
+def _forward(raw: Tensor, rng: Range) -> Tensor:
+    unit = torch.sigmoid(raw)
+    if rng.log:
+        lo, hi = math.log(rng.lo), math.log(rng.hi)
+        return torch.exp(lo + (hi - lo) * unit)
+    return rng.lo + (rng.hi - rng.lo) * unit
+
+
+def _inverse(value: Tensor, rng: Range) -> Tensor:
+    if rng.log:
+        lo, hi = math.log(rng.lo), math.log(rng.hi)
+        unit = (torch.log(value) - lo) / (hi - lo)
+    else:
+        unit = (value - rng.lo) / (rng.hi - rng.lo)
+    return torch.logit(unit.clamp(_EDGE, 1 - _EDGE))
+
+
+def to_physical(raw: Tensor, *, bounds: Bounds, t0_s: Tensor, span_s: float) -> AtomParams:
+    """Map raw parameters to physical units.
+
+    Args:
+        raw: Unconstrained parameters, shape (batch, atoms, n_fields).
+        bounds: Physical ranges of every field but `time_s`.
+        t0_s: Start of each batch item's onset window in seconds, shape (batch, 1).
+        span_s: Length of the onset window in seconds; onsets lie in [t0_s, t0_s + span_s].
+
+    Returns:
+        `AtomParams` with tensors of shape (batch, atoms).
+    """
+    out = {"time_s": t0_s + span_s * torch.sigmoid(raw[..., 0])}
+    for i, name in enumerate(FIELDS[1:], start=1):
+        out[name] = _forward(raw[..., i], bounds.range_of(name))
+    return AtomParams(**out)
+
+
+def to_raw(phys: AtomParams, *, bounds: Bounds, t0_s: Tensor, span_s: float) -> Tensor:
+    """Exact inverse of `to_physical` (values on a bound are pulled inside by 1e-6).
+
+    Returns:
+        Raw parameters, shape (batch, atoms, n_fields).
+    """
+    unit_t = ((phys.time_s - t0_s) / span_s).clamp(_EDGE, 1 - _EDGE)
+    cols = [torch.logit(unit_t)]
+    for name in FIELDS[1:]:
+        cols.append(_inverse(getattr(phys, name), bounds.range_of(name)))
+    return torch.stack(cols, dim=-1)

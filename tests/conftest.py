@@ -1,0 +1,62 @@
+"""Shared fixtures: a seeded random generator and helpers that write small audio files into tmp_path."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+SAMPLE_RATE = 22050
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A numpy Generator with a fixed seed, so every test sees the same 'random' data."""
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture
+def write_wav(tmp_path: Path) -> Callable[..., Path]:
+    """Return `write(name, samples, sample_rate=22050, subtype="FLOAT") -> Path`.
+
+    `samples` has shape (n_samples,) or (n_samples, n_channels). The FLOAT subtype
+    stores values exactly, including NaN and values above full scale.
+    """
+
+    def write(name: str, samples: np.ndarray, sample_rate: int = SAMPLE_RATE, *, subtype: str = "FLOAT") -> Path:
+        path = tmp_path / name
+        sf.write(path, samples, sample_rate, format="WAV", subtype=subtype)
+        return path
+
+    return write
+
+
+def sine(freq_hz: float, *, duration_s: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
+    """A float32 sine of shape (n_samples,) with a Hann fade so it has no edge clicks."""
+    n_samples = round(duration_s * sample_rate)
+    t_s = np.arange(n_samples) / sample_rate
+    return (amplitude * np.hanning(n_samples) * np.sin(2 * np.pi * freq_hz * t_s)).astype(np.float32)
+
+
+@pytest.fixture
+def make_sine() -> Callable[..., np.ndarray]:
+    """Return `sine(freq_hz, *, duration_s, sample_rate, amplitude=0.5)` (see `sine`)."""
+    return sine
+
+
+@pytest.fixture
+def clip(rng: np.random.Generator) -> np.ndarray:
+    """0.3 s of synthetic music at 22050 Hz: two decaying tones and a noise burst, shape (n_samples,)."""
+    n_samples = round(0.3 * SAMPLE_RATE)
+    t_s = np.arange(n_samples) / SAMPLE_RATE
+    audio = np.zeros(n_samples)
+    for onset_s, f0_hz, decay_s in [(0.02, 220.0, 0.08), (0.15, 660.0, 0.05)]:
+        active = t_s >= onset_s
+        local_s = t_s[active] - onset_s
+        audio[active] += 0.4 * np.exp(-local_s / decay_s) * np.sin(2 * np.pi * f0_hz * local_s)
+    burst = slice(round(0.1 * SAMPLE_RATE), round(0.12 * SAMPLE_RATE))
+    audio[burst] += 0.1 * rng.standard_normal(burst.stop - burst.start)
+    return audio.astype(np.float32)
