@@ -84,9 +84,12 @@ class FastEngine:
         self.grid = spectral.Grid(n_window=n_window, step=spec.grid_step, pad=spec.pad)
         self.plan = spectral.Plan(self.grid, spec.resolutions, sample_rate=spec.sample_rate, device=device)
         self.targets = loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
+        self.target = loss.SpectralTarget(self.targets)
         starts = torch.tensor(region.segment_starts, device=device)
         self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
+        # One window that is exactly the region: its frames are the region's frames.
+        self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
         self.background = [torch.zeros_like(t) for t in self.targets]
         if background is not None:
             with torch.no_grad():
@@ -112,6 +115,8 @@ class FastEngine:
     def model_powers(self, params: AtomParams) -> list[Tensor]:
         """Expected power spectrogram of the region per resolution, shape (frames, bins)."""
         powers = self._powers(params, self.window_start_s)
+        if self.direct:
+            return [p[0] for p in powers]
         return [
             self._place(p, src, dst, i) + self.background[i]
             for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter))
@@ -119,7 +124,7 @@ class FastEngine:
 
     def __call__(self, params: AtomParams) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return loss.multi_resolution_distance(self.targets, self.model_powers(params))
+        return self.target.distance(self.model_powers(params))
 
 
 class ReferenceEngine:
@@ -145,7 +150,9 @@ class ReferenceEngine:
         """
         self.spec = spec
         self.region = region
-        self.targets = loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
+        self.target = loss.SpectralTarget(
+            loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
+        )
         self.first = region.start - spec.pad  # sample of the rendered context's start
         self.n_context = region.n_samples + 2 * spec.pad
         n_noise = synth.noise_length(spec.sample_rate)
@@ -191,4 +198,4 @@ class ReferenceEngine:
 
     def __call__(self, params: AtomParams) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return loss.multi_resolution_distance(self.targets, self.model_powers(params))
+        return self.target.distance(self.model_powers(params))

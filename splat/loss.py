@@ -33,19 +33,31 @@ def stft_power(audio: Tensor, res: Resolution) -> Tensor:
     return (spec.real**2 + spec.imag**2).transpose(-1, -2)
 
 
+class SpectralTarget:
+    """Target magnitudes of every resolution, prepared once for repeated distances.
+
+    `distance(model_powers)` equals the mean over resolutions of
+    `spectral_distance(target, model)`, with the target's square root, logarithm
+    and norm computed once instead of at every step.
+    """
+
+    def __init__(self, target_powers: list[Tensor]) -> None:
+        self.magnitudes = [torch.sqrt(t.clamp_min(POWER_FLOOR)) for t in target_powers]
+        self.logs = [torch.log(m) for m in self.magnitudes]
+        self.norms = [torch.linalg.vector_norm(m) for m in self.magnitudes]
+
+    def distance(self, model_powers: list[Tensor]) -> Tensor:
+        """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar)."""
+        total = 0.0
+        for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers):
+            model = torch.sqrt(power.clamp_min(POWER_FLOOR))
+            total = total + torch.linalg.vector_norm(mag - model) / norm + (log - torch.log(model)).abs().mean()
+        return total / len(self.magnitudes)
+
+
 def spectral_distance(target_power: Tensor, model_power: Tensor) -> Tensor:
     """Spectral convergence + log-magnitude L1 between two power spectrograms (scalar)."""
-    target = torch.sqrt(target_power.clamp_min(POWER_FLOOR))
-    model = torch.sqrt(model_power.clamp_min(POWER_FLOOR))
-    convergence = torch.linalg.vector_norm(target - model) / torch.linalg.vector_norm(target)
-    log_magnitude = (torch.log(target) - torch.log(model)).abs().mean()
-    return convergence + log_magnitude
-
-
-def multi_resolution_distance(target_powers: list[Tensor], model_powers: list[Tensor]) -> Tensor:
-    """Mean of `spectral_distance` over resolutions (lists in the same order)."""
-    terms = [spectral_distance(t, m) for t, m in zip(target_powers, model_powers)]
-    return torch.stack(terms).mean()
+    return SpectralTarget([target_power]).distance([model_power])
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:

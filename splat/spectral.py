@@ -9,13 +9,13 @@ segment at one STFT resolution is a matrix product:
 
 - P: each branch's power on a coarse time grid (closed-form burst envelope;
   the resonance's decay applied in closed form by `dsp.resonance_power`),
-  weighted by the squared analysis window: a strided window sum.
-- psi: each branch's spectrum is first drawn on one fine *line grid* (twice
-  the finest FFT's resolution): the noise band as a gaussian, each partial as
-  a two-bin linear-interpolation "splat" of its power. A fixed banded matrix
-  per resolution then blurs the line grid by that resolution's Hann power
-  kernel and samples it at the resolution's bins. So the per-atom work is done
-  once, not once per resolution, and needs no trigonometry.
+  weighted by the squared analysis window (a strided window sum per resolution).
+- psi, noise: the gaussian band widened by the window's own spectral spread
+  (variances add), normalised in closed form with erf.
+- psi, resonance: every partial is splatted onto the few bins around it with
+  the Hann window's closed-form power kernel (`dsp.hann_power_kernel`), for
+  all resolutions at once, into one bin axis that holds every resolution's
+  bins side by side (a single scatter-add).
 
 Shapes: parameters (segments, atoms); spectrograms (segments, frames, bins).
 """
@@ -31,8 +31,10 @@ from torch import Tensor
 from splat import dsp
 from splat.params import AtomParams
 
-#: Kernel reach of the blur, in bins of the target resolution (main lobe +-2, first sidelobe).
-KERNEL_REACH_BINS = 3
+#: Bins on each side of a partial that it is splatted onto (sidelobes beyond are < -45 dB).
+SPLAT_REACH_BINS = 4
+#: Standard deviation of the Hann window's power kernel, in bins.
+HANN_KERNEL_SIGMA_BINS = 0.575
 
 
 @dataclass(frozen=True)
@@ -78,11 +80,15 @@ class Grid:
 class Plan:
     """Constants of the fast engine for one grid and set of resolutions (built once per chunk).
 
+    The spectra of all resolutions live on one bin axis: resolution i owns
+    `width[i]` slots from `base[i]`, its bin b at slot base[i] + SPLAT_REACH_BINS + b;
+    the slots on either side catch splats that fall off its ends.
+
     Attributes:
-        line_hz: Frequencies of the line grid, shape (n_line,).
+        slot_hz: Frequency of every slot, shape (n_slots,).
+        spread: One-hot (n_res, n_slots) map from resolutions to their slots.
+        bin_hz: Bin width of each resolution, shape (n_res,).
         time_kernels: Per resolution, w^2 summed over each grid cell, shape (n_fft / step,).
-        freq_kernels: Per resolution, the Hann power kernel at every line-grid
-            offset within reach of a bin, shape (2 * reach * ratio + 1,).
     """
 
     def __init__(
@@ -91,17 +97,37 @@ class Plan:
         self.grid = grid
         self.resolutions = resolutions
         self.sample_rate = sample_rate
-        n_max = max(r.n_fft for r in resolutions)
-        self.line_step_hz = sample_rate / (2 * n_max)
-        self.line_hz = torch.arange(n_max + 1, device=device, dtype=torch.float32) * self.line_step_hz
+        pad = SPLAT_REACH_BINS
+        widths = [r.n_bins + 2 * pad for r in resolutions]
+        self.base = [sum(widths[:i]) for i in range(len(widths))]
+        self.bin_hz = torch.tensor([sample_rate / r.n_fft for r in resolutions], device=device)
+        slots = [torch.arange(-pad, r.n_bins + pad, device=device) for r in resolutions]
+        slot_res = torch.cat([torch.full_like(b, i) for i, b in enumerate(slots)])
+        self.slot_hz = torch.cat(slots).float() * self.bin_hz[slot_res]
+        # (res, slots) one-hot: spreads a per-resolution value over that resolution's slots by matmul.
+        self.spread = torch.nn.functional.one_hot(slot_res, len(resolutions)).T.float()
+        self.taps = torch.arange(1 - pad, pad + 1, device=device, dtype=torch.float32)
+        # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
+        self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device)
+        self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
         self.time_kernels = []
-        self.freq_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
             self.time_kernels.append((w * w).reshape(-1, grid.step).sum(-1).float())
-            ratio = 2 * n_max // res.n_fft
-            offsets = torch.arange(-KERNEL_REACH_BINS * ratio, KERNEL_REACH_BINS * ratio + 1, device=device)
-            self.freq_kernels.append(dsp.hann_power_kernel(offsets.double() / ratio).float())
+
+    @property
+    def n_slots(self) -> int:
+        return self.slot_hz.numel()
+
+    def split_bins(self, slots: Tensor) -> list[Tensor]:
+        """Each resolution's bins out of a tensor over all slots (last axis).
+
+        One `split` rather than a slice per resolution: its backward is a single
+        concatenation instead of a zero-filled full-size gradient per slice.
+        """
+        pad = SPLAT_REACH_BINS
+        sizes = [n for r in self.resolutions for n in (pad, r.n_bins, pad)]
+        return list(slots.split(sizes, dim=-1)[1::3])
 
     def frame_powers(self, powers: Tensor, i: int) -> Tensor:
         """Window-weighted power sum_t w^2(t - t_m) p(t) of frames centred every hop in the window.
@@ -119,30 +145,10 @@ class Plan:
         stride = res.hop // grid.step
         kernel = self.time_kernels[i]
         span = powers[..., first : first + (n_frames - 1) * stride + kernel.numel()]
-        return _depthwise(span, kernel, stride)
-
-    def blur(self, line: Tensor, i: int) -> Tensor:
-        """Line-grid spectra seen through resolution i: blur by its Hann power kernel, sample at its bins.
-
-        Args:
-            line: Power per line-grid bin, shape (segments, branches, n_line).
-
-        Returns:
-            Power per bin, shape (segments, branches, n_fft / 2 + 1).
-        """
-        kernel = self.freq_kernels[i]
-        half = kernel.numel() // 2
-        ratio = (line.shape[-1] - 1) // (self.resolutions[i].n_bins - 1)
-        return _depthwise(torch.nn.functional.pad(line, (half, half)), kernel, ratio)
-
-
-def _depthwise(x: Tensor, kernel: Tensor, stride: int) -> Tensor:
-    """Correlate every row of x (..., n) with the same 1-D kernel, keeping every `stride`-th output."""
-    lead = x.shape[:-1]
-    rows = x.reshape(1, -1, x.shape[-1])
-    weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
-    out = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
-    return out.reshape(*lead, out.shape[-1])
+        rows = span.reshape(1, -1, span.shape[-1])
+        weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
+        out = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
+        return out.reshape(*span.shape[:-1], n_frames)
 
 
 def branch_powers(
@@ -167,33 +173,52 @@ def branch_powers(
     return torch.cat([g2 * (1.0 - mix) * e2, g2 * mix * res], dim=1)
 
 
-def line_spectra(params: AtomParams, line_hz: Tensor, *, sample_rate: int, n_partials: int) -> Tensor:
-    """Share of each branch's power per line-grid bin (each row sums to 1).
+def noise_spectra(params: AtomParams, plan: Plan) -> Tensor:
+    """Share of each noise branch's power per bin, every resolution's bins summing to ~1.
 
-    Noise: the gaussian band sampled on the grid. Resonance: each bin takes
-    the partial nearest to it, weighted by the linear-interpolation hat (1 - |offset|
-    in grid steps, >= 0), so each partial's power lands on its two neighbouring
-    bins. Partials are >= 25 Hz apart, far more than one grid step, so no bin
-    ever needs a second partial.
-
-    Args:
-        params: Physical parameters, shape (segments, atoms).
-        line_hz: Line-grid frequencies (uniform from 0 Hz), shape (n_line,).
+    The band is gaussian; the window blurs it by its own spectral spread and the
+    variances of the two add. The sum over a resolution's bins is the gaussian's
+    integral over [0, Nyquist] divided by the bin width (erf), exact to well
+    under 1 % once the blurred width exceeds half a bin, which the window ensures.
 
     Returns:
-        Shape (segments, 2 * atoms, n_line): noise branches, then resonances.
+        Shape (segments, atoms, n_slots).
     """
-    step_hz = float(line_hz[1] - line_hz[0])
-    band = dsp.band_shape(line_hz, params.noise_center_hz.unsqueeze(-1), params.noise_bandwidth_hz.unsqueeze(-1))
-    band = band / band.sum(-1, keepdim=True).clamp_min(1e-30)
+    sigma_band = (params.noise_bandwidth_hz / dsp.FWHM_PER_SIGMA).unsqueeze(-1)  # (segments, atoms, 1)
+    sigma = torch.sqrt(sigma_band**2 + (HANN_KERNEL_SIGMA_BINS * plan.bin_hz) ** 2)  # (segments, atoms, res)
+    centre = params.noise_center_hz.unsqueeze(-1)
+    nyquist = plan.sample_rate / 2
+    root2 = math.sqrt(2.0)
+    inside = 0.5 * (torch.erf((nyquist - centre) / (root2 * sigma)) + torch.erf(centre / (root2 * sigma)))
+    total = sigma * math.sqrt(2 * math.pi) / plan.bin_hz * inside.clamp_min(1e-6)
+    z = (plan.slot_hz - centre) * ((1.0 / sigma) @ plan.spread)
+    return torch.exp(-0.5 * z * z) * ((1.0 / total) @ plan.spread)
+
+
+def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Tensor:
+    """Share of each resonance's power per bin, every resolution's bins summing to ~1.
+
+    Each partial k (weight c_k, frequency f_k) adds c_k * kernel(b - f_k / bin_hz)
+    to the 2 * SPLAT_REACH_BINS bins b around it, at every resolution, in one
+    scatter-add. Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
+
+    Returns:
+        Shape (segments, atoms, n_slots).
+    """
     f0 = params.f0_hz.unsqueeze(-1)
     b = params.inharmonicity.unsqueeze(-1)
+    k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
+    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials)
+    weights = dsp.partial_weights(params.rolloff_db.unsqueeze(-1), k, n_active)  # (segments, atoms, partials)
+    position = dsp.partial_frequencies(f0, b, k).unsqueeze(-1) / plan.bin_hz  # (..., partials, res) in bins
     with torch.no_grad():
-        k = torch.round(dsp.partial_index(line_hz, f0, b))
-    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=sample_rate / 2, n_partials=n_partials)
-    hat = torch.relu(1.0 - (line_hz - dsp.partial_frequencies(f0, b, k)).abs() / step_hz)
-    tone = dsp.partial_weights(params.rolloff_db.unsqueeze(-1), k, n_active) * hat
-    return torch.cat([band, tone], dim=1)
+        below = torch.floor(position)
+        slot = below.unsqueeze(-1) + plan.taps  # (..., partials, res, taps)
+        # Splats past either end of a resolution's bins land in its padding slots.
+        index = (torch.minimum(slot, plan.last_bin).clamp_min(-SPLAT_REACH_BINS) + plan.first_slot).long()
+    values = weights[..., None, None] * dsp.hann_power_kernel(slot - position.unsqueeze(-1))
+    out = torch.zeros(*params.f0_hz.shape, plan.n_slots, device=f0.device, dtype=values.dtype)
+    return out.scatter_add(-1, index.flatten(-3), values.flatten(-3))
 
 
 def overlap_add_indices(
@@ -229,7 +254,7 @@ def expected_power(
     Args:
         params: Physical parameters, shape (segments, atoms).
         window_start_s: Start of each segment's window, shape (segments, 1).
-        plan: Grid, resolutions and their kernels.
+        plan: Grid, resolutions and their constants.
         envelope: "gamma" or "gaussian".
         n_partials: Maximum partials per atom.
 
@@ -240,10 +265,9 @@ def expected_power(
     sr = plan.sample_rate
     cell_s = plan.grid.cell_centres_s(sr, params.f0_hz.device)
     powers = branch_powers(params, cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
-    line = line_spectra(params, plan.line_hz, sample_rate=sr, n_partials=n_partials)
+    spectra = torch.cat([noise_spectra(params, plan), resonance_spectra(params, plan, n_partials=n_partials)], dim=1)
     out = []
-    for i, res in enumerate(plan.resolutions):
+    for i, (res, bins) in enumerate(zip(plan.resolutions, plan.split_bins(spectra))):
         frames = plan.frame_powers(powers, i)  # (segments, 2 atoms, frames)
-        spectra = plan.blur(line, i)  # (segments, 2 atoms, bins)
-        out.append((res.n_fft / 2) * torch.bmm(frames.transpose(1, 2), spectra))
+        out.append((res.n_fft / 2) * torch.bmm(frames.transpose(1, 2), bins))
     return out
