@@ -187,7 +187,8 @@ def plot_atoms(path: Path, audio: np.ndarray, sample_rate: int, atom_set: AtomSe
         )
         fig.colorbar(points, ax=ax, label="mix (0: noise burst, 1: tone)", pad=0.01)
     ax.set_ylim(25, sample_rate / 2)
-    ax.set_title(f"{path.stem}: {0 if atom_set is None else len(atom_set.atoms)} splat atoms at (time_s, f0_hz)")
+    shown = "no splat result yet" if atom_set is None else f"{len(atom_set.atoms)} splat atoms at (time_s, f0_hz)"
+    ax.set_title(f"{path.stem}: {shown}")
     if ax.get_legend_handles_labels()[0]:
         ax.legend(loc="upper right")
     fig.savefig(path, dpi=110)
@@ -273,6 +274,8 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "wall time, `ViSQOL s` the time of one ViSQOL score.",
         "",
         "## Mean over clips, per method",
+        "",
+        "Each mean is over the clips the method has results for (n); compare methods only at equal n.",
         "",
         *_table(means, "method"),
         "",

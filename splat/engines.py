@@ -173,7 +173,7 @@ class ReferenceEngine:
             white,
             n_samples=self.n_context,
             sample_rate=self.spec.sample_rate,
-            start_s=self.first / self.spec.sample_rate,
+            start=self.first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
         )

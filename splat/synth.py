@@ -77,21 +77,23 @@ def render_atoms(
     *,
     n_samples: int,
     sample_rate: int,
-    start_s: float | Tensor,
+    start: int,
     envelope: str,
     n_partials: int,
 ) -> Tensor:
-    """Render every atom separately over [start_s, start_s + n_samples / sample_rate).
+    """Render every atom separately over samples [start, start + n_samples) of the file.
 
-    An atom must start at or after `start_s` for its resonance to be complete
-    (the resonance integrates the burst from the window start).
+    An atom must start at or after sample `start` for its resonance to be
+    complete (the resonance integrates the burst from the window start). Noise
+    sample j of an atom plays at file sample floor(time_s * sample_rate) + j,
+    so the noise does not depend on where a render window begins.
 
     Args:
         params: Physical parameters, tensors of shape (batch, atoms).
         white: Each atom's white noise, shape (batch, atoms, n_noise), from `white_noise`.
         n_samples: Samples to render.
         sample_rate: Sample rate in Hz.
-        start_s: Time of the first sample in seconds; a float or a (batch, 1) tensor.
+        start: File sample index of the first rendered sample.
         envelope: "gamma" or "gaussian".
         n_partials: Maximum number of partials per atom.
 
@@ -99,16 +101,17 @@ def render_atoms(
         Audio per atom, shape (batch, atoms, n_samples).
     """
     p = {name: value.unsqueeze(-1) for name, value in vars(params).items()}  # (batch, atoms, 1)
-    t = torch.arange(n_samples, device=white.device, dtype=white.dtype) / sample_rate
-    if isinstance(start_s, Tensor):
-        start_s = start_s.unsqueeze(-1)
-    u = t + (start_s - p["time_s"])  # (batch, atoms, n_samples); offset first keeps precision late in a file
+    n = torch.arange(n_samples, device=white.device)
+    # Seconds since each onset; the offset is formed first to keep precision late in a file.
+    u = n.to(white.dtype) / sample_rate + (start / sample_rate - p["time_s"])  # (batch, atoms, n_samples)
     env = dsp.burst_envelope(u, p["attack_s"], p["spread_s"], shape=envelope)
 
     # Noise branch: the noise is tied to the onset (sample 0 of the noise at u = 0).
     noise = band_noise(white, p["noise_center_hz"], p["noise_bandwidth_hz"], sample_rate=sample_rate)
     n_noise = noise.shape[-1]
-    index = torch.round(u.detach() * sample_rate).long()
+    # The onset sample is computed in float32 whatever the render precision, so the
+    # float32 fit and the float64 render of its JSON agree on it to the sample.
+    index = start + n - torch.floor(p["time_s"].detach().float() * sample_rate).long()
     inside = (index >= 0) & (index < n_noise)
     burst = env * torch.where(inside, torch.gather(noise, -1, index.clamp(0, n_noise - 1)), torch.zeros_like(u))
 
@@ -169,7 +172,7 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
             white,
             n_samples=last - first,
             sample_rate=sr,
-            start_s=first / sr,
+            start=first,
             envelope=atom_set.envelope,
             n_partials=atom_set.n_partials,
         )

@@ -1,0 +1,137 @@
+"""fit(): recovery of known atoms, reproducibility, segments without seams, input checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from splat.atoms import Atom, AtomSet
+from splat.errors import AudioError, ParameterError
+from splat.fit import FitConfig, fit
+from splat.synth import render_atom_set
+
+SR = 22050
+SMALL = dict(n_partials=24, fft_sizes=(2048, 1024, 512, 256))
+
+
+def _tone(time_s: float, f0_hz: float, gain_db: float, seed: int, decay_s: float = 0.6) -> Atom:
+    return Atom(
+        time_s=time_s, gain_db=gain_db, attack_s=0.004, spread_s=0.003, noise_center_hz=2500.0,
+        noise_bandwidth_hz=3000.0, f0_hz=f0_hz, inharmonicity=2e-4, rolloff_db=5.0, decay_s=decay_s,
+        mix=0.9, noise_seed=seed,
+    )
+
+
+def _render(atoms: list[Atom], duration_s: float) -> np.ndarray:
+    return render_atom_set(AtomSet(atoms=tuple(atoms), sample_rate=SR, duration_s=duration_s, n_partials=24))
+
+
+@pytest.fixture(scope="module")
+def four_notes():
+    truth = [_tone(0.10, 220.0, -12, 1), _tone(0.30, 330.0, -14, 2), _tone(0.50, 523.25, -13, 3), _tone(0.68, 98.0, -12, 4)]
+    audio = _render(truth, 0.9)
+    result = fit(audio, SR, FitConfig(n_atoms=8, n_iters=150, **SMALL))
+    return truth, audio, result
+
+
+def test_recovers_onsets_within_10_ms_and_f0_within_1_percent(four_notes):
+    truth, _, result = four_notes
+    loudest = max(a.gain_db for a in result.atoms.atoms)
+    events = [a for a in result.atoms.atoms if a.gain_db > loudest - 30]
+    for t in truth:
+        best = min(events, key=lambda a: abs(a.time_s - t.time_s) / 0.01 + abs(np.log(a.f0_hz / t.f0_hz)) / 0.01)
+        assert abs(best.time_s - t.time_s) < 0.010, (t, best)
+        assert abs(best.f0_hz / t.f0_hz - 1) < 0.01, (t, best)
+
+
+def test_render_of_the_json_equals_the_fit_reconstruction(four_notes, tmp_path):
+    _, audio, result = four_notes
+    path = tmp_path / "x.atoms.json"
+    result.atoms.save(path)
+    again = render_atom_set(AtomSet.load(path))
+    np.testing.assert_array_equal(again, result.reconstruction)
+    assert result.reconstruction.shape == audio.shape
+
+
+def test_atoms_are_at_most_n_atoms_per_segment_and_loss_falls(four_notes):
+    _, _, result = four_notes
+    assert 4 <= len(result.atoms.atoms) <= 8
+    history = result.losses[0]
+    assert len(history) == 150 and history[-1] < 0.6 * history[0]
+
+
+def test_same_seed_same_atoms_other_seed_other_noise():
+    audio = _render([_tone(0.05, 300.0, -10, 7)], 0.4)
+    config = FitConfig(n_atoms=3, n_iters=20, **SMALL)
+    first, second = fit(audio, SR, config), fit(audio, SR, config)
+    assert first.atoms.to_dict() == second.atoms.to_dict()
+    other = fit(audio, SR, dataclasses.replace(config, seed=1))
+    assert [a.noise_seed for a in other.atoms.atoms] != [a.noise_seed for a in first.atoms.atoms]
+
+
+def test_sparsity_keeps_fewer_atoms():
+    audio = _render([_tone(0.05, 300.0, -10, 7), _tone(0.25, 450.0, -12, 8)], 0.5)
+    counts = []
+    for sparsity in (0.0, 0.5):
+        config = FitConfig(n_atoms=12, n_iters=80, sparsity=sparsity, prune_db=30.0, **SMALL)
+        counts.append(len(fit(audio, SR, config).atoms.atoms))
+    assert counts[1] < counts[0]
+
+
+@pytest.mark.parametrize("segments_per_chunk", [1, 8])
+def test_no_seam_at_segment_boundaries(segments_per_chunk):
+    """Residual energy next to segment boundaries is no worse than inside segments."""
+    segment_s = 8192 / SR
+    notes = [_tone(0.05 + 0.17 * i, 200.0 * 1.19**i, -12, i, decay_s=0.9) for i in range(8)]
+    audio = _render(notes, 4 * segment_s)
+    config = FitConfig(n_atoms=6, n_iters=120, segment_s=segment_s, segments_per_chunk=segments_per_chunk, **SMALL)
+    residual = fit(audio, SR, config).reconstruction - audio
+    frame = 512
+    err = (residual[: len(residual) // frame * frame].reshape(-1, frame) ** 2).sum(1)
+    ref = (audio[: len(audio) // frame * frame].reshape(-1, frame) ** 2).sum(1)
+    ratio = err / np.maximum(ref, 1e-12)
+    boundary = [b * 8192 // frame + k for b in (1, 2, 3) for k in (-1, 0)]
+    inside = [i for i in range(len(ratio)) if all(abs(i - b) > 2 for b in boundary)]
+    assert np.median(ratio[boundary]) <= max(2.0 * np.median(ratio[inside]), 0.05), (ratio[boundary], np.median(ratio[inside]))
+
+
+@pytest.mark.parametrize(
+    ("audio", "message"),
+    [
+        (np.zeros(0, dtype=np.float32), "empty"),
+        (np.zeros(4000, dtype=np.float32), "silent"),
+        (np.full(4000, np.nan, dtype=np.float32), "NaN"),
+    ],
+)
+def test_bad_audio_is_refused(audio, message):
+    with pytest.raises(AudioError, match=message):
+        fit(audio, SR, FitConfig(n_iters=1))
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"n_atoms": 0}, "n_atoms"),
+        ({"engine": "warp"}, "engine"),
+        ({"envelope": "square"}, "envelope"),
+        ({"lr": 0.0}, "lr"),
+        ({"fft_sizes": (1000,)}, "fft size"),
+        ({"device": "cuda"}, "CUDA"),
+    ],
+)
+def test_bad_config_is_refused(changes, message):
+    if changes.get("device") == "cuda":
+        pytest.importorskip("torch")
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("CUDA is available here")
+    with pytest.raises(ParameterError, match=message):
+        fit(np.ones(4000, dtype=np.float32), SR, dataclasses.replace(FitConfig(), **changes))
+
+
+def test_sample_rate_mismatch_is_refused():
+    with pytest.raises(ParameterError, match="resample"):
+        fit(np.ones(4000, dtype=np.float32), 44100, FitConfig())
