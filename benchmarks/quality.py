@@ -134,7 +134,9 @@ def score(
     return row
 
 
-def plot_atoms(path: Path, audio: np.ndarray, sample_rate: int, atom_set: AtomSet | None, truth: GroundTruth | None):
+def plot_atoms(
+    path: Path, audio: np.ndarray, sample_rate: int, atom_set: AtomSet | None, truth: GroundTruth | None
+) -> None:
     """Save the clip's log-frequency spectrogram with splat's atoms (and the true notes) on it."""
     import matplotlib
 

@@ -9,8 +9,9 @@ end. Memory is bounded by the chunk size, not the file length.
 
 Per chunk: initial atoms from onset/pitch analysis, then Adam on the raw
 parameters with a warm-up + cosine learning-rate schedule, minimising the
-multi-resolution STFT distance plus an annealed L1 penalty on atom
-amplitudes; atoms falling more than `prune_db` below the loudest are pruned.
+multi-resolution STFT distance plus an annealed L1 penalty on atom gains
+(in dB above the -90 dB floor); atoms falling more than `prune_db` below the
+loudest are pruned.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ class FitConfig:
         segment_s: Segment length in seconds (rounded to a multiple of the longest FFT).
         n_partials: Maximum partials per atom.
         fft_sizes: STFT sizes of the loss (hop = size / 4).
-        sparsity: Final weight of the L1 penalty on atom amplitudes.
+        sparsity: Final weight of the L1 penalty on atom gains (in dB above the floor).
         prune_db: Atoms this far below the loudest one are pruned.
         segments_per_chunk: Segments optimised together (bounds memory).
         grid_step: Time grid of the fast engine, in samples.
@@ -76,7 +77,7 @@ class FitConfig:
     segment_s: float = 32768 / 22050
     n_partials: int = 64
     fft_sizes: tuple[int, ...] = (4096, 2048, 1024, 512)
-    sparsity: float = 0.01
+    sparsity: float = 0.05
     prune_db: float = 50.0
     segments_per_chunk: int = 8
     grid_step: int = 32
@@ -353,7 +354,10 @@ def _fit_chunk(
         distance = engine(params)
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
-        objective = distance + weight * (params.amplitude * active).sum() / active.shape[0]
+        # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
+        # a steady downward pull that only atoms the loss needs can resist.
+        level = (params.gain_db - bounds.gain_db.lo) / (bounds.gain_db.hi - bounds.gain_db.lo)
+        objective = distance + weight * (level * active).sum() / active.shape[0]
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         optimiser.step()
