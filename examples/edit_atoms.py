@@ -9,6 +9,7 @@ It loads examples/piano.atoms.json, takes the three loudest atoms and
   * mutes the second loudest (removes it),
   * raises the third loudest by 6 dB,
 then writes examples/piano.edited.atoms.json and renders it to examples/piano_edited.wav.
+The atom numbers it prints are positions in the input file.
 Optional arguments: ATOMS.json [EDITED.atoms.json [OUT.wav]].
 """
 

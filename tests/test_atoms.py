@@ -181,21 +181,45 @@ ATOM_ERRORS = {
     "bool": (lambda d: _set_atom_field(d, 2, "mix", True), r"atoms\[2\]\.mix=True must be a number"),
     "null": (lambda d: _set_atom_field(d, 1, "gain_db", None), r"atoms\[1\]\.gain_db=None must be a number"),
     "list": (lambda d: _set_atom_field(d, 1, "attack_s", [0.01]), r"atoms\[1\]\.attack_s=\[0\.01\] must be a number"),
-    "bool seed": (lambda d: _set_atom_field(d, 1, "noise_seed", False), r"atoms\[1\]\.noise_seed=False must be an integer"),
-    "float seed": (lambda d: _set_atom_field(d, 0, "noise_seed", 3.0), r"atoms\[0\]\.noise_seed=3\.0 must be an integer"),
-    "negative seed": (lambda d: _set_atom_field(d, 2, "noise_seed", -1), r"atoms\[2\]\.noise_seed=-1 must be an integer"),
-    "seed too large": (lambda d: _set_atom_field(d, 2, "noise_seed", 2**63), r"atoms\[2\]\.noise_seed=.* in \[0, 2\^63\)"),
+    "bool seed": (
+        lambda d: _set_atom_field(d, 1, "noise_seed", False),
+        r"atoms\[1\]\.noise_seed=False must be an integer",
+    ),
+    "float seed": (
+        lambda d: _set_atom_field(d, 0, "noise_seed", 3.0),
+        r"atoms\[0\]\.noise_seed=3\.0 must be an integer",
+    ),
+    "negative seed": (
+        lambda d: _set_atom_field(d, 2, "noise_seed", -1),
+        r"atoms\[2\]\.noise_seed=-1 must be an integer",
+    ),
+    "seed too large": (
+        lambda d: _set_atom_field(d, 2, "noise_seed", 2**63),
+        r"atoms\[2\]\.noise_seed=.* in \[0, 2\^63\)",
+    ),
     "NaN": (lambda d: _set_atom_field(d, 1, "gain_db", float("nan")), r"atoms\[1\]\.gain_db=nan must be finite"),
     "Infinity": (lambda d: _set_atom_field(d, 2, "decay_s", float("inf")), r"atoms\[2\]\.decay_s=inf must be finite"),
     "-Infinity": (lambda d: _set_atom_field(d, 0, "time_s", float("-inf")), r"atoms\[0\]\.time_s=-inf must be finite"),
     "negative f0": (lambda d: _set_atom_field(d, 0, "f0_hz", -440.0), r"atoms\[0\]\.f0_hz=-440 is out of range \[25, "),
-    "f0 above the cap": (lambda d: _set_atom_field(d, 1, "f0_hz", 10_000.0), r"atoms\[1\]\.f0_hz=10000 is out of range"),
-    "time after the end": (lambda d: _set_atom_field(d, 2, "time_s", 0.5), r"atoms\[2\]\.time_s=0\.5 is out of range \[0, 0\.4\]"),
+    "f0 above the cap": (
+        lambda d: _set_atom_field(d, 1, "f0_hz", 10_000.0),
+        r"atoms\[1\]\.f0_hz=10000 is out of range",
+    ),
+    "time after the end": (
+        lambda d: _set_atom_field(d, 2, "time_s", 0.5),
+        r"atoms\[2\]\.time_s=0\.5 is out of range \[0, 0\.4\]",
+    ),
     "negative time": (lambda d: _set_atom_field(d, 0, "time_s", -0.001), r"atoms\[0\]\.time_s=-0\.001 is out of range"),
     "mix above 1": (lambda d: _set_atom_field(d, 1, "mix", 1.5), r"atoms\[1\]\.mix=1\.5 is out of range \[0, 1\]"),
     "typo": (lambda d: _rename_atom_field(d, 1, "f0_hz", "f0_Hz"), r"atoms\[1\] has unknown field\(s\) \['f0_Hz'\]"),
-    "extra field": (lambda d: _set_atom_field(d, 0, "velocity", 64), r"atoms\[0\] has unknown field\(s\) \['velocity'\]"),
-    "atom not an object": (lambda d: {**d, "atoms": [d["atoms"][0], [1, 2]]}, r"atoms\[1\] must be an object, got list"),
+    "extra field": (
+        lambda d: _set_atom_field(d, 0, "velocity", 64),
+        r"atoms\[0\] has unknown field\(s\) \['velocity'\]",
+    ),
+    "atom not an object": (
+        lambda d: {**d, "atoms": [d["atoms"][0], [1, 2]]},
+        r"atoms\[1\] must be an object, got list",
+    ),
 }
 
 
@@ -265,7 +289,10 @@ DOCUMENT_ERRORS = {
     "config not an object": (lambda d: _set(d, config=[1]), r"config must be an object"),
     "atoms not a list": (lambda d: _set(d, atoms={"0": {}}), r"atoms must be a list of objects"),
     "missing atoms": (lambda d: _without(d, "atoms"), r"atoms must be a list of objects"),
-    "atom time beyond a shorter duration": (lambda d: _set(d, duration_s=0.1), r"atoms\[2\]\.time_s=0\.2 is out of range \[0, 0\.1\]"),
+    "atom time beyond a shorter duration": (
+        lambda d: _set(d, duration_s=0.1),
+        r"atoms\[2\]\.time_s=0\.2 is out of range \[0, 0\.1\]",
+    ),
     "band above a lower sample rate's cap": (
         lambda d: _set(d, sample_rate=8000),
         r"atoms\[2\]\.noise_center_hz=8000 is out of range \[30, 3600\]",

@@ -164,12 +164,15 @@ def test_resonance_on_a_coarse_grid_approximates_the_sample_level_result(step, d
     exact = _naive_resonance(x, decay_s, SAMPLE_RATE)
     half = (step - 1) // 2
     centres = np.arange(n // step) * step + half  # cell centres j * step + (step - 1) / 2
-    grid = dsp.resonance_power(_t(x[centres]).reshape(1, 1, -1), _col(decay_s), step_samples=step, sample_rate=SAMPLE_RATE)
+    grid = dsp.resonance_power(
+        _t(x[centres]).reshape(1, 1, -1), _col(decay_s), step_samples=step, sample_rate=SAMPLE_RATE
+    )
     error = np.abs(grid[0, 0].numpy() - exact[centres])
     # Error budget, from how the grid sum replaces the sample sum (f(m) = x[m] q^(c - m)):
     #  * each earlier cell is a midpoint rule over `step` samples: sum_{d=-h}^{h} f(c + d) - step f(c)
     #    = f'' step (step^2 - 1) / 24, and the cells' weights (1 - q) step Q^i sum to <= step (1 - q) / (1 - Q);
-    #  * the own cell's h + 1 samples up to the centre are taken as (h + 1) x(c): error <= (1 - q) h (h + 1) / 2 max|x'|.
+    #  * the own cell's h + 1 samples up to the centre are taken as (h + 1) x(c):
+    #    error <= (1 - q) h (h + 1) / 2 max|x'|.
     # With |f''| <= |x''| + 2 |ln q| |x'| + ln(q)^2 x (per-sample differences), this gives the bound below.
     q = math.exp(-2.0 * math.log(1000.0) / (decay_s * SAMPLE_RATE))
     log_q = abs(math.log(q))
@@ -190,7 +193,9 @@ def test_resonance_grid_error_shrinks_quadratically_with_the_step():
     errors = []
     for step in (11, 33):
         centres = np.arange(n // step) * step + (step - 1) // 2
-        grid = dsp.resonance_power(_t(x[centres]).reshape(1, 1, -1), _col(0.2), step_samples=step, sample_rate=SAMPLE_RATE)
+        grid = dsp.resonance_power(
+            _t(x[centres]).reshape(1, 1, -1), _col(0.2), step_samples=step, sample_rate=SAMPLE_RATE
+        )
         errors.append(np.abs(grid[0, 0].numpy() - exact[centres]).max())
     # Tripling the step multiplies a second-order error by ~9 (first order would give ~3).
     assert 6.0 < errors[1] / errors[0] < 12.0
@@ -235,7 +240,7 @@ def test_audible_partials_are_those_strictly_below_nyquist(rng):
     f0 = rng.uniform(25.0, 5000.0, 200)
     b = np.where(rng.uniform(size=200) < 0.25, 0.0, rng.uniform(0.0, 0.02, 200))
     counts = dsp.n_audible_partials(_t(f0), _t(b), nyquist_hz=nyquist, n_partials=64)
-    expected = [_count_below(f, bb, nyquist, 64) for f, bb in zip(f0, b)]
+    expected = [_count_below(f, bb, nyquist, 64) for f, bb in zip(f0, b, strict=True)]
     assert counts.tolist() == expected
     assert not counts.requires_grad
 
@@ -243,7 +248,10 @@ def test_audible_partials_are_those_strictly_below_nyquist(rng):
 def test_a_partial_exactly_on_nyquist_is_not_audible():
     nyquist = SAMPLE_RATE / 2
     counts = dsp.n_audible_partials(
-        _t([nyquist / 10, nyquist / 10 * 1.0001, nyquist / 10 / 1.0001]), _t([0.0, 0.0, 0.0]), nyquist_hz=nyquist, n_partials=64
+        _t([nyquist / 10, nyquist / 10 * 1.0001, nyquist / 10 / 1.0001]),
+        _t([0.0, 0.0, 0.0]),
+        nyquist_hz=nyquist,
+        n_partials=64,
     )
     assert counts.tolist() == [9.0, 9.0, 10.0]
 

@@ -75,7 +75,7 @@ def test_sparsity_keeps_fewer_atoms():
     audio = _render([_tone(0.05, 300.0, -10, 7), _tone(0.25, 450.0, -12, 8)], 0.5)
     counts = []
     for sparsity in (0.0, 0.5):
-        config = FitConfig(n_atoms=12, n_iters=80, sparsity=sparsity, prune_db=30.0, **SMALL)
+        config = FitConfig(n_atoms=12, n_iters=80, sparsity=sparsity, prune_db=65.0, **SMALL)
         counts.append(len(fit(audio, SR, config).atoms.atoms))
     assert counts[1] < counts[0]
 

@@ -72,7 +72,9 @@ def test_physical_to_raw_to_physical_is_the_identity(rng):
         width = r.hi - r.lo
         cols.append(torch.from_numpy(rng.uniform(r.lo + 0.01 * width, r.hi - 0.01 * width, size=(3, 4))))
     phys = AtomParams.unstack(torch.stack(cols, dim=-1))
-    again = to_physical(to_raw(phys, bounds=bounds, t0_s=_t0(), span_s=SPAN_S), bounds=bounds, t0_s=_t0(), span_s=SPAN_S)
+    again = to_physical(
+        to_raw(phys, bounds=bounds, t0_s=_t0(), span_s=SPAN_S), bounds=bounds, t0_s=_t0(), span_s=SPAN_S
+    )
     for name in FIELDS:
         torch.testing.assert_close(getattr(again, name), getattr(phys, name), rtol=1e-12, atol=1e-12)
 
@@ -191,7 +193,9 @@ def test_bounds_reject_sample_rates_below_8000(sample_rate):
         Bounds.for_sample_rate(sample_rate)
 
 
-@pytest.mark.parametrize(("lo", "hi", "log"), [(1.0, 1.0, False), (2.0, 1.0, False), (0.0, 1.0, True), (-1.0, 1.0, True)])
+@pytest.mark.parametrize(
+    ("lo", "hi", "log"), [(1.0, 1.0, False), (2.0, 1.0, False), (0.0, 1.0, True), (-1.0, 1.0, True)]
+)
 def test_invalid_ranges_are_rejected(lo, hi, log):
     with pytest.raises(ParameterError, match="invalid range"):
         Range(lo, hi, log=log)

@@ -44,9 +44,7 @@ def _params(atoms: list[Atom]) -> tuple[AtomParams, torch.Tensor]:
     return AtomSet(atoms=tuple(atoms), sample_rate=SAMPLE_RATE, duration_s=1.0).to_params(dtype=torch.float64)
 
 
-def _render(
-    atoms: list[Atom], *, n_samples: int, envelope: str = "gamma", n_partials: int = N_PARTIALS
-) -> np.ndarray:
+def _render(atoms: list[Atom], *, n_samples: int, envelope: str = "gamma", n_partials: int = N_PARTIALS) -> np.ndarray:
     """`render_atoms` in float64 from t = 0: per-atom audio, shape (atoms, n_samples)."""
     params, seeds = _params(atoms)
     white = synth.white_noise(seeds, n_samples=synth.noise_length(SAMPLE_RATE)).unsqueeze(0).double()
@@ -114,9 +112,7 @@ def _reference(
 
     # Partials: stiff-string frequencies, geometric energy shares over those below Nyquist, Schroeder phases.
     rho = 10.0 ** (-atom.rolloff_db / 10.0)
-    partials = [
-        (k, k * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * k * k)) for k in range(1, n_partials + 1)
-    ]
+    partials = [(k, k * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * k * k)) for k in range(1, n_partials + 1)]
     audible = [(k, f) for k, f in partials if f < sr / 2]
     n_audible = len(audible)
     carrier = np.zeros(n_samples)
@@ -178,7 +174,9 @@ def test_single_atom_matches_the_numpy_reference(atom, envelope):
     "float32-accurate (~5e-8 of the peak)",
 )
 def test_single_atom_noise_is_float64_accurate():
-    _compare_with_reference(REFERENCE_ATOMS[0], "gamma", np.fft.rfftfreq(synth.noise_length(SAMPLE_RATE), d=1.0 / SAMPLE_RATE))
+    _compare_with_reference(
+        REFERENCE_ATOMS[0], "gamma", np.fft.rfftfreq(synth.noise_length(SAMPLE_RATE), d=1.0 / SAMPLE_RATE)
+    )
 
 
 def test_pure_resonance_has_no_noise_and_pure_burst_has_no_tone():
@@ -332,7 +330,7 @@ def test_render_does_not_depend_on_the_batch():
     both = AtomParams.unstack(torch.cat([params.stack() for params, _ in items]))
     batched = synth.render_atoms(both, torch.stack(whites), **kwargs)
     assert batched.shape == (2, 3, 8192)
-    for b, ((params, _), white) in enumerate(zip(items, whites)):
+    for b, ((params, _), white) in enumerate(zip(items, whites, strict=True)):
         alone = synth.render_atoms(params, white.unsqueeze(0), **kwargs)[0].numpy()
         np.testing.assert_allclose(batched[b].numpy(), alone, rtol=0, atol=1e-9 * np.abs(alone).max())
 
@@ -436,7 +434,12 @@ def test_render_atoms_is_differentiable_in_every_field():
     values = params.stack().clone().requires_grad_(True)
     white = synth.white_noise(seeds, n_samples=synth.noise_length(SAMPLE_RATE)).unsqueeze(0).double()
     audio = synth.render_atoms(
-        AtomParams.unstack(values), white, n_samples=4096, sample_rate=SAMPLE_RATE, start=0, envelope="gamma",
+        AtomParams.unstack(values),
+        white,
+        n_samples=4096,
+        sample_rate=SAMPLE_RATE,
+        start=0,
+        envelope="gamma",
         n_partials=8,
     )
     audio.square().sum().backward()
