@@ -70,7 +70,7 @@ class Atom:
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise FormatError(f"{where}.{name}={value!r} must be a number")
-            value = float(value)
+            value = _as_float(value, f"{where}.{name}")
             if not math.isfinite(value):
                 raise FormatError(f"{where}.{name}={value} must be finite")
             lo, hi = (0.0, duration_s) if name == "time_s" else _range(bounds, name)
@@ -78,6 +78,13 @@ class Atom:
                 raise FormatError(f"{where}.{name}={value:g} is out of range [{lo:g}, {hi:g}]")
             values[name] = value
         return cls(**values)
+
+
+def _as_float(value: int | float, where: str) -> float:
+    try:
+        return float(value)
+    except OverflowError as exc:
+        raise FormatError(f"{where} is too large to be a number") from exc
 
 
 def _range(bounds: Bounds, name: str) -> tuple[float, float]:
@@ -206,6 +213,8 @@ class AtomSet:
             doc = json.loads(text)
         except json.JSONDecodeError as exc:
             raise FormatError(f"{path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
+        except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
+            raise FormatError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(doc)
 
 
@@ -220,7 +229,7 @@ def _int_field(doc: dict[str, Any], name: str, lo: int, hi: int) -> int:
 
 def _float_field(doc: dict[str, Any], name: str, lo: float, hi: float) -> float:
     value = doc.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value, name)):
         raise FormatError(f"{name}={value!r} must be a finite number")
     if not lo <= value <= hi:
         raise FormatError(f"{name}={value:g} is out of range [{lo:g}, {hi:g}]")

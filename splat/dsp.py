@@ -157,7 +157,7 @@ def hann_power_kernel(delta_bins: Tensor) -> Tensor:
 
     The three shifted sincs of the Hann transform collapse to
     W(delta) / W(0) = sinc(delta) / (1 - delta^2). Its removable singularities at
-    delta = 0, +-1 are stepped over by 5e-4 bins (value error < 2e-4).
+    delta = 0, +-1 are stepped over by 5e-4 bins (value error < 3e-4).
     """
     x = delta_bins
     near = (x.abs() < 1e-4) | ((x.abs() - 1.0).abs() < 1e-4)

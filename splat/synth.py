@@ -58,7 +58,7 @@ def band_noise(white: Tensor, center_hz: Tensor, bandwidth_hz: Tensor, *, sample
         Band noise, shape (batch, atoms, n).
     """
     n = white.shape[-1]
-    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate).to(white)
+    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, dtype=white.dtype, device=white.device)
     power = dsp.band_shape(freqs, center_hz, bandwidth_hz)  # (batch, atoms, n//2+1)
     # Mean of the power over the full circle of n bins (DC and Nyquist once, the rest twice).
     weights = torch.full_like(freqs, 2.0)

@@ -45,8 +45,10 @@ def test_burst_peaks_at_one_at_the_attack_time(shape, attack_s, spread_s):
     peak = int(torch.argmax(env))
     assert abs(u[0, 0, peak].item() - attack_s) <= dt
     assert env.max().item() <= 1.0
-    # Within one sample of its peak an envelope of width >= 1 ms drops by < 1 - exp(-0.5 (dt/0.001)^2) ~ 0.1 %.
-    assert env.max().item() >= 1.0 - 0.5 * (dt / min(attack_s, spread_s)) ** 2
+    # The nearest sample is within dt / 2 of the peak, where the envelope is a gaussian of width
+    # w (spread_s for the gaussian shape, a s / sqrt(a^2 + s^2) <= spread_s for the gamma shape).
+    width = spread_s if shape == "gaussian" else attack_s * spread_s / math.hypot(attack_s, spread_s)
+    assert env.max().item() >= math.exp(-0.5 * (0.5 * dt / width) ** 2) - 1e-6
     at_attack = dsp.burst_envelope(_col(attack_s), _col(attack_s), _col(spread_s), shape=shape)
     assert at_attack.item() == pytest.approx(1.0, abs=1e-15)
 
@@ -357,15 +359,9 @@ def test_hann_kernel_steps_over_its_singular_points_by_5e_4_bins():
     assert np.all(np.abs(kernel - exact) <= np.array([slope, 0.0, slope]) * 5e-4 * 1.01 + 1e-6)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="hann_power_kernel's docstring promises a value error < 2e-4 at its singular points, but at "
-    "delta = +-1 the 5e-4-bin step costs 5e-4 * |K'(1)| = 5e-4 * 1/2 = 2.5e-4 (1.5 % of K(1) = 1/6)",
-)
-def test_hann_kernel_error_at_singular_points_is_below_the_documented_2e_4():
+def test_hann_kernel_error_at_singular_points_is_below_the_documented_3e_4():
     kernel = dsp.hann_power_kernel(_t(SINGULAR)).numpy()
-    assert np.all(np.abs(kernel - np.array([1 / 6, 2 / 3, 1 / 6])) < 2e-4)
+    assert np.all(np.abs(kernel - np.array([1 / 6, 2 / 3, 1 / 6])) < 3e-4)
 
 
 @pytest.mark.parametrize("offset", [0.0, 0.1, 0.25, 0.5, 0.9])

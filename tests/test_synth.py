@@ -159,20 +159,10 @@ def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarra
 @pytest.mark.parametrize("envelope", ["gamma", "gaussian"])
 @pytest.mark.parametrize("atom", REFERENCE_ATOMS, ids=REFERENCE_IDS)
 def test_single_atom_matches_the_numpy_reference(atom, envelope):
-    # The renderer takes its noise frequency axis from torch.fft.rfftfreq in float32 (see the
-    # xfail test below); the reference uses that same axis, so the rest is compared to float64 precision.
     n_noise = synth.noise_length(SAMPLE_RATE)
-    freqs_hz = torch.fft.rfftfreq(n_noise, d=1.0 / SAMPLE_RATE).double().numpy()
-    _compare_with_reference(atom, envelope, freqs_hz)
+    _compare_with_reference(atom, envelope, np.fft.rfftfreq(n_noise, d=1.0 / SAMPLE_RATE))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="band_noise builds its frequency axis with torch.fft.rfftfreq in float32 and only then casts it "
-    "to the render dtype: bins are off by up to 5e-4 Hz, so a float64 render's noise branch is only "
-    "float32-accurate (~5e-8 of the peak)",
-)
 def test_single_atom_noise_is_float64_accurate():
     _compare_with_reference(
         REFERENCE_ATOMS[0], "gamma", np.fft.rfftfreq(synth.noise_length(SAMPLE_RATE), d=1.0 / SAMPLE_RATE)
@@ -224,7 +214,7 @@ def test_band_noise_has_unit_variance_and_its_power_in_the_band():
     spectrum = np.abs(np.fft.rfft(band, axis=1)) ** 2
     for i in range(4):
         c, w = center[0, i, 0].item(), width[0, i, 0].item()
-        inside = np.abs(freqs - c) <= w  # +-2 sigma-ish: FWHM covers 76 % of a gaussian's power, 2 FWHM 98 %
+        inside = np.abs(freqs - c) <= w  # +-FWHM = +-2.35 sigma: 98 % of the gaussian power shape
         assert spectrum[i, inside].sum() / spectrum[i].sum() > 0.95
 
 
