@@ -6,7 +6,7 @@
 
 Methods, each on every 2^15-sample clip of the audio folder:
 
-- ``splat``: `splat.fit.fit` with `FitConfig()` defaults (``--iters`` sets n_iters).
+- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters`` sets n_iters).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
 - ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (140 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
@@ -63,7 +63,7 @@ from splat.evaluate import (
     visqol_mos,
 )
 from splat.files import write_text_atomic
-from splat.fit import FitConfig, fit
+from splat.fitting import FitConfig, fit
 
 CLIP_SAMPLES = 2**15
 METHODS = ("splat", "mp64", "mp_equal", "ltas", "random_phase")

@@ -34,7 +34,7 @@ from splat.audio import LoadedAudio, load_audio, output_format, write_audio
 from splat.errors import SplatError
 from splat.evaluate import evaluate_pair
 from splat.files import atomic_path
-from splat.fit import FitConfig, FitProgress, fit
+from splat.fitting import FitConfig, FitProgress, fit
 from splat.params import FIELDS
 from splat.synth import render_atom_set
 

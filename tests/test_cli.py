@@ -21,7 +21,7 @@ from typer.testing import CliRunner, Result
 
 from splat.atoms import ENVELOPES, Atom, AtomSet
 from splat.cli import Engine, Envelope, app
-from splat.fit import ENGINES
+from splat.fitting import ENGINES
 from splat.synth import render_atom_set
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -18,7 +18,7 @@ import torch
 from splat import spectral
 from splat.atoms import Atom, AtomSet
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
-from splat.fit import FitConfig, fit
+from splat.fitting import FitConfig, fit
 from splat.params import FIELDS, Bounds, to_physical, to_raw
 from splat.synth import render_atom_set
 

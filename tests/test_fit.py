@@ -9,7 +9,7 @@ import pytest
 
 from splat.atoms import Atom, AtomSet
 from splat.errors import AudioError, ParameterError
-from splat.fit import FitConfig, fit
+from splat.fitting import FitConfig, fit
 from splat.synth import render_atom_set
 
 SR = 22050

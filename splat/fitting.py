@@ -67,7 +67,7 @@ class FitConfig:
     """
 
     n_atoms: int = 64
-    n_iters: int = 1000
+    n_iters: int = 180
     lr: float = 0.05
     seed: int = 0
     device: str = "cpu"
