@@ -1,9 +1,9 @@
 """splat: fit a recording with a few editable sound events ("atoms").
 
-    import splat
-    result = splat.fit(audio, sample_rate, splat.FitConfig())   # -> FitResult(.atoms, .reconstruction)
-    result.atoms.save("x.atoms.json")
-    audio = splat.render(splat.AtomSet.load("x.atoms.json"))
+import splat
+result = splat.fit(audio, sample_rate, splat.FitConfig())   # -> FitResult(.atoms, .reconstruction)
+result.atoms.save("x.atoms.json")
+audio = splat.render(splat.AtomSet.load("x.atoms.json"))
 """
 
 from splat.atoms import Atom, AtomSet

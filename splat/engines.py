@@ -119,7 +119,7 @@ class FastEngine:
             return [p[0] for p in powers]
         return [
             self._place(p, src, dst, i) + self.background[i]
-            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter))
+            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
         ]
 
     def __call__(self, params: AtomParams) -> Tensor:
@@ -150,9 +150,7 @@ class ReferenceEngine:
         """
         self.spec = spec
         self.region = region
-        self.target = loss.SpectralTarget(
-            loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
-        )
+        self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
         self.first = region.start - spec.pad  # sample of the rendered context's start
         self.n_context = region.n_samples + 2 * spec.pad
         n_noise = synth.noise_length(spec.sample_rate)

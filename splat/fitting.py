@@ -283,7 +283,9 @@ def initial_params(
         used[i] += 1
     values["time_s"] = np.minimum(time_s, starts[:, None] + length_s[:, None] * 0.999)
     values["f0_hz"] = f0_hz
-    values["gain_db"] = np.clip(level_db - _tone_peak_db(values, sample_rate), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
+    values["gain_db"] = np.clip(
+        level_db - _tone_peak_db(values, sample_rate), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1
+    )
     noise_seeds = rng.integers(0, 2**62, size=shape)
     return values, noise_seeds
 
@@ -292,7 +294,9 @@ def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int) -> float:
     """Peak level (dB) of the resonance of a 0 dB atom with the shared starting shape."""
     u = torch.arange(int(0.5 * sample_rate), dtype=torch.float64) / sample_rate
     one = torch.ones(1, 1, 1, dtype=torch.float64)
-    env = dsp.burst_envelope(u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape="gamma")
+    env = dsp.burst_envelope(
+        u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape="gamma"
+    )
     power = dsp.resonance_power(env**2, one * values["decay_s"].flat[0], step_samples=1, sample_rate=sample_rate)
     mix = float(values["mix"].flat[0])
     return 10.0 * math.log10(mix * float(power.max()))
@@ -314,9 +318,7 @@ def _fit_chunk(
 ) -> tuple[AtomParams, Tensor, list[float]]:
     device = target.device
     n = target.numel()
-    values, noise_seeds = initial_params(
-        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng
-    )
+    values, noise_seeds = initial_params(target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng)
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
@@ -330,8 +332,13 @@ def _fit_chunk(
     else:
         background = None
         if atoms_so_far:
-            partial_set = AtomSet(atoms=tuple(atoms_so_far), sample_rate=spec.sample_rate, duration_s=n / spec.sample_rate,
-                                  envelope=spec.envelope, n_partials=spec.n_partials)
+            partial_set = AtomSet(
+                atoms=tuple(atoms_so_far),
+                sample_rate=spec.sample_rate,
+                duration_s=n / spec.sample_rate,
+                envelope=spec.envelope,
+                n_partials=spec.n_partials,
+            )
             background = torch.tensor(synth.render_atom_set(partial_set), device=device)
         engine = ReferenceEngine(target, region, spec, noise_seeds=seeds, background_audio=background)
 
@@ -371,8 +378,12 @@ def _fit_chunk(
         if callback is not None:
             callback(
                 FitProgress(
-                    chunk=chunk, n_chunks=n_chunks, step=step, n_steps=config.n_iters,
-                    loss=history[-1], n_active=int(active.sum()),
+                    chunk=chunk,
+                    n_chunks=n_chunks,
+                    step=step,
+                    n_steps=config.n_iters,
+                    loss=history[-1],
+                    n_active=int(active.sum()),
                 )
             )
     with torch.no_grad():
@@ -388,7 +399,7 @@ def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: fl
     """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges."""
     values = params.stack().detach().double().cpu().numpy()
     out = []
-    for s, a in zip(*np.nonzero(seeds.numpy() >= 0)):
+    for s, a in zip(*np.nonzero(seeds.numpy() >= 0), strict=True):
         record = {}
         for i, name in enumerate(FIELDS):
             lo, hi = (0.0, duration_s) if name == "time_s" else (bounds.range_of(name).lo, bounds.range_of(name).hi)

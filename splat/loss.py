@@ -49,7 +49,7 @@ class SpectralTarget:
     def distance(self, model_powers: list[Tensor]) -> Tensor:
         """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar)."""
         total = 0.0
-        for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers):
+        for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers, strict=True):
             model = torch.sqrt(power.clamp_min(POWER_FLOOR))
             total = total + torch.linalg.vector_norm(mag - model) / norm + (log - torch.log(model)).abs().mean()
         return total / len(self.magnitudes)

@@ -221,9 +221,7 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Ten
     return out.scatter_add(-1, index.flatten(-3), values.flatten(-3))
 
 
-def overlap_add_indices(
-    offsets_frames: Tensor, n_window_frames: int, n_region_frames: int
-) -> tuple[Tensor, Tensor]:
+def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_frames: int) -> tuple[Tensor, Tensor]:
     """Where each window frame lands in the region: (flat source positions, region frames).
 
     Args:
@@ -267,7 +265,7 @@ def expected_power(
     powers = branch_powers(params, cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     spectra = torch.cat([noise_spectra(params, plan), resonance_spectra(params, plan, n_partials=n_partials)], dim=1)
     out = []
-    for i, (res, bins) in enumerate(zip(plan.resolutions, plan.split_bins(spectra))):
+    for i, (res, bins) in enumerate(zip(plan.resolutions, plan.split_bins(spectra), strict=True)):
         frames = plan.frame_powers(powers, i)  # (segments, 2 atoms, frames)
         out.append((res.n_fft / 2) * torch.bmm(frames.transpose(1, 2), bins))
     return out

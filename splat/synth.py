@@ -117,9 +117,7 @@ def render_atoms(
 
     # Resonance branch: expected-power envelope times a bank of fixed-amplitude partials.
     power = dsp.resonance_power(env * env, p["decay_s"], step_samples=1, sample_rate=sample_rate)
-    n_active = dsp.n_audible_partials(
-        p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials
-    )
+    n_active = dsp.n_audible_partials(p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials)
     # Phases in float64: in float32, 2 pi f u loses ~1e-3 rad after a second and
     # the rounding noise would sit only ~50 dB under the partials.
     u64, f0, b = u.double(), p["f0_hz"].double(), p["inharmonicity"].double()

@@ -28,9 +28,18 @@ N = 16384
 
 def _atom(time_s: float, f0_hz: float, gain_db: float, seed: int) -> Atom:
     return Atom(
-        time_s=time_s, gain_db=gain_db, attack_s=0.004, spread_s=0.003, noise_center_hz=2000.0,
-        noise_bandwidth_hz=3000.0, f0_hz=f0_hz, inharmonicity=2e-4, rolloff_db=5.0, decay_s=0.5,
-        mix=1.0, noise_seed=seed,
+        time_s=time_s,
+        gain_db=gain_db,
+        attack_s=0.004,
+        spread_s=0.003,
+        noise_center_hz=2000.0,
+        noise_bandwidth_hz=3000.0,
+        f0_hz=f0_hz,
+        inharmonicity=2e-4,
+        rolloff_db=5.0,
+        decay_s=0.5,
+        mix=1.0,
+        noise_seed=seed,
     )
 
 
@@ -38,7 +47,9 @@ def _atom(time_s: float, f0_hz: float, gain_db: float, seed: int) -> Atom:
 def setup():
     truth = AtomSet(
         atoms=(_atom(0.05, 220.0, -6.0, 1), _atom(0.30, 330.0, -8.0, 2), _atom(0.45, 523.25, -7.0, 3)),
-        sample_rate=SR, duration_s=N / SR, n_partials=32,
+        sample_rate=SR,
+        duration_s=N / SR,
+        n_partials=32,
     )
     params, seeds = truth.to_params(dtype=torch.float32)
     bounds = Bounds.for_sample_rate(SR)
@@ -79,7 +90,9 @@ def test_both_engines_have_their_minimum_at_the_truth(setup, field, atom, offset
             values[0, atom, i] += float(offset)
         else:
             values[0, atom, i] *= float(np.exp(offset))
-        moved = to_raw(type(physical).unstack(values), bounds=bounds, t0_s=torch.zeros(1, 1), span_s=torch.full((1, 1), N / SR))
+        moved = to_raw(
+            type(physical).unstack(values), bounds=bounds, t0_s=torch.zeros(1, 1), span_s=torch.full((1, 1), N / SR)
+        )
         for name in curves:
             curves[name].append(float(loss(name, moved)))
     middle = len(offsets) // 2
@@ -118,7 +131,9 @@ def test_fast_engine_gradients_are_finite_and_reach_every_field(setup):
 def test_fast_fit_recovers_atoms_as_well_as_the_reference_fit():
     truth = AtomSet(
         atoms=(_atom(0.08, 262.0, -8.0, 1), _atom(0.30, 392.0, -9.0, 2)),
-        sample_rate=SR, duration_s=0.5, n_partials=16,
+        sample_rate=SR,
+        duration_s=0.5,
+        n_partials=16,
     )
     audio = render_atom_set(truth)
     errors = {}
@@ -132,5 +147,5 @@ def test_fast_fit_recovers_atoms_as_well_as_the_reference_fit():
             df = np.array([abs(np.log(a.f0_hz / t.f0_hz)) for a in loud])
             best = int(np.argmin(dt / 0.01 + df / 0.01))  # nearest atom in onset and pitch
             errors[engine].append((dt[best], df[best]))
-    for (dt_fast, df_fast), (dt_ref, df_ref) in zip(errors["fast"], errors["reference"]):
+    for (dt_fast, df_fast), (dt_ref, df_ref) in zip(errors["fast"], errors["reference"], strict=True):
         assert dt_fast <= max(dt_ref, 0.005) and df_fast <= max(df_ref, 0.005), errors

@@ -18,9 +18,18 @@ SMALL = dict(n_partials=24, fft_sizes=(2048, 1024, 512, 256))
 
 def _tone(time_s: float, f0_hz: float, gain_db: float, seed: int, decay_s: float = 0.6) -> Atom:
     return Atom(
-        time_s=time_s, gain_db=gain_db, attack_s=0.004, spread_s=0.003, noise_center_hz=2500.0,
-        noise_bandwidth_hz=3000.0, f0_hz=f0_hz, inharmonicity=2e-4, rolloff_db=5.0, decay_s=decay_s,
-        mix=0.9, noise_seed=seed,
+        time_s=time_s,
+        gain_db=gain_db,
+        attack_s=0.004,
+        spread_s=0.003,
+        noise_center_hz=2500.0,
+        noise_bandwidth_hz=3000.0,
+        f0_hz=f0_hz,
+        inharmonicity=2e-4,
+        rolloff_db=5.0,
+        decay_s=decay_s,
+        mix=0.9,
+        noise_seed=seed,
     )
 
 
@@ -30,7 +39,12 @@ def _render(atoms: list[Atom], duration_s: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def four_notes():
-    truth = [_tone(0.10, 220.0, -12, 1), _tone(0.30, 330.0, -14, 2), _tone(0.50, 523.25, -13, 3), _tone(0.68, 98.0, -12, 4)]
+    truth = [
+        _tone(0.10, 220.0, -12, 1),
+        _tone(0.30, 330.0, -14, 2),
+        _tone(0.50, 523.25, -13, 3),
+        _tone(0.68, 98.0, -12, 4),
+    ]
     audio = _render(truth, 0.9)
     result = fit(audio, SR, FitConfig(n_atoms=8, n_iters=150, **SMALL))
     return truth, audio, result
@@ -94,7 +108,10 @@ def test_no_seam_at_segment_boundaries(segments_per_chunk):
     ratio = err / np.maximum(ref, 1e-12)
     boundary = [b * 8192 // frame + k for b in (1, 2, 3) for k in (-1, 0)]
     inside = [i for i in range(len(ratio)) if all(abs(i - b) > 2 for b in boundary)]
-    assert np.median(ratio[boundary]) <= max(2.0 * np.median(ratio[inside]), 0.05), (ratio[boundary], np.median(ratio[inside]))
+    assert np.median(ratio[boundary]) <= max(2.0 * np.median(ratio[inside]), 0.05), (
+        ratio[boundary],
+        np.median(ratio[inside]),
+    )
 
 
 @pytest.mark.parametrize(
