@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python examples/edit_atoms.py
 
 test: $(STAMP)
+	$(BIN)/ruff check splat tests benchmarks examples cli.py
 	$(BIN)/python -m pytest
 
 bench-speed: $(STAMP)

@@ -124,11 +124,6 @@ class AtomParams:
         """Atoms `index` along the atoms axis of every field."""
         return AtomParams(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
 
-    @property
-    def amplitude(self) -> Tensor:
-        """Linear gain 10^(gain_db/20), shape (batch, atoms)."""
-        return torch.pow(10.0, self.gain_db / 20.0)
-
 
 def _forward(raw: Tensor, rng: Range) -> Tensor:
     unit = torch.sigmoid(raw)

@@ -85,6 +85,7 @@ class Plan:
     the slots on either side catch splats that fall off its ends.
 
     Attributes:
+        cell_s: Grid cell centres relative to the window start, shape (n_cells,).
         slot_hz: Frequency of every slot, shape (n_slots,).
         spread: One-hot (n_res, n_slots) map from resolutions to their slots.
         bin_hz: Bin width of each resolution, shape (n_res,).
@@ -106,6 +107,7 @@ class Plan:
         self.slot_hz = torch.cat(slots).float() * self.bin_hz[slot_res]
         # (res, slots) one-hot: spreads a per-resolution value over that resolution's slots by matmul.
         self.spread = torch.nn.functional.one_hot(slot_res, len(resolutions)).T.float()
+        self.cell_s = grid.cell_centres_s(sample_rate, device)
         self.taps = torch.arange(1 - pad, pad + 1, device=device, dtype=torch.float32)
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
         self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device)
@@ -261,8 +263,7 @@ def expected_power(
         window start, shape (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
-    cell_s = plan.grid.cell_centres_s(sr, params.f0_hz.device)
-    powers = branch_powers(params, cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
+    powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     spectra = torch.cat([noise_spectra(params, plan), resonance_spectra(params, plan, n_partials=n_partials)], dim=1)
     out = []
     for i, (res, bins) in enumerate(zip(plan.resolutions, plan.split_bins(spectra), strict=True)):

@@ -223,15 +223,6 @@ def test_select_picks_atoms_in_every_field(rng):
     assert torch.equal(picked.stack(), values[:, [3, 1]])
 
 
-def test_amplitude_is_the_linear_gain():
-    gain_db = torch.tensor([[-20.0, 0.0, 20 * math.log10(2.0)]], dtype=torch.float64)
-    values = torch.zeros(1, 3, N_FIELDS, dtype=torch.float64)
-    values[..., FIELDS.index("gain_db")] = gain_db
-    torch.testing.assert_close(
-        AtomParams.unstack(values).amplitude, torch.tensor([[0.1, 1.0, 2.0]], dtype=torch.float64), rtol=1e-12, atol=0
-    )
-
-
 # --- gradients ----------------------------------------------------------------------------------
 
 
