@@ -375,6 +375,17 @@ def _fit_chunk(
                 gain_db = params.gain_db
                 loudest = gain_db[active].max() if active.any() else gain_db.max()
                 active &= gain_db > loudest - config.prune_db
+            if config.engine == "fast" and step < config.n_iters:
+                # The fast engine keeps no per-atom state: drop pruned atoms from the tensors so
+                # the remaining steps cost in proportion to the atoms still active.
+                keep = _active_first(active)
+                raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
+                compact_shift = _take(shift.detach(), keep).requires_grad_(True)
+                state = optimiser.state.pop(shift)
+                for key in ("exp_avg", "exp_avg_sq"):
+                    state[key] = _take(state[key], keep)
+                optimiser.param_groups[0]["params"][0] = shift = compact_shift
+                optimiser.state[shift] = state
         if callback is not None:
             callback(
                 FitProgress(
@@ -389,6 +400,25 @@ def _fit_chunk(
     with torch.no_grad():
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
     return final, torch.where(active.cpu(), seeds, -1), history
+
+
+def _active_first(active: Tensor) -> Tensor:
+    """Per segment, indices of its active atoms first; as many columns as the busiest segment needs.
+
+    Args:
+        active: Shape (segments, atoms), bool.
+
+    Returns:
+        Atom indices, shape (segments, max active per segment (at least 1)).
+    """
+    order = torch.argsort((~active).to(torch.int8), dim=1, stable=True)
+    return order[:, : max(1, int(active.sum(1).max()))]
+
+
+def _take(values: Tensor, index: Tensor) -> Tensor:
+    """values[s, index[s, j], ...] for tensors of shape (segments, atoms, ...)."""
+    expanded = index.reshape(*index.shape, *([1] * (values.dim() - 2))).expand(*index.shape, *values.shape[2:])
+    return torch.gather(values, 1, expanded)
 
 
 def _masked(params: AtomParams, active: Tensor) -> AtomParams:

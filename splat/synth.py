@@ -2,7 +2,7 @@
 
 `render_atoms` is simple and differentiable (the reference engine fits with
 it); `render_atom_set` renders a whole `AtomSet` (the JSON alone) to audio,
-one time-sorted group of atoms at a time, each only over its own support.
+one atom at a time, each only over its own support.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from splat.params import AtomParams
 NOISE_S = 4.0
 #: Rendering stops where an atom has fallen 80 dB below its peak.
 TAIL_DB = 80.0
-_ATOMS_PER_GROUP = 8
 
 
 def noise_length(sample_rate: int) -> int:
@@ -122,7 +121,8 @@ def render_atoms(
     # the rounding noise would sit only ~50 dB under the partials.
     u64, f0, b = u.double(), p["f0_hz"].double(), p["inharmonicity"].double()
     carrier = torch.zeros_like(u64)
-    for k in range(1, n_partials + 1):
+    # Partials past the audible count have zero weight: stop at the largest count in the batch.
+    for k in range(1, int(n_active.max()) + 1 if n_active.numel() else 1):
         kk = torch.tensor(float(k), device=u.device, dtype=torch.float64)
         amp = torch.sqrt(2.0 * dsp.partial_weights(p["rolloff_db"].double(), kk, n_active.double()))
         phase = dsp.partial_phases(kk, n_partials=n_partials)
@@ -156,9 +156,11 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
     n = atom_set.n_samples
     out = torch.zeros(n, dtype=torch.float64, device=device)
     params, seeds = atom_set.to_params(device=device)
-    order = torch.argsort(params.time_s[0])
     n_noise = noise_length(sr)
-    for group in torch.split(order, _ATOMS_PER_GROUP) if order.numel() else ():
+    # One atom at a time, each over its own support: grouping atoms would render every
+    # one of them over the longest tail in the group.
+    for i in range(len(atom_set.atoms)):
+        group = torch.tensor([i], device=device)
         sub = params.select(group)
         first = int(math.floor(float(sub.time_s.min()) * sr))
         last = min(n, int(math.ceil(float((sub.time_s + support_s(sub)).max()) * sr)) + 1)
