@@ -83,14 +83,13 @@ class FastEngine:
         n_window = min(2 * region.n_segment, region.start + region.n_samples - region.segment_starts[0])
         self.grid = spectral.Grid(n_window=n_window, step=spec.grid_step, pad=spec.pad)
         self.plan = spectral.Plan(self.grid, spec.resolutions, sample_rate=spec.sample_rate, device=device)
-        self.targets = loss.region_powers(target, region.start, region.n_samples, spec.resolutions)
-        self.target = loss.SpectralTarget(self.targets)
+        self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
         starts = torch.tensor(region.segment_starts, device=device)
         self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
         # One window that is exactly the region: its frames are the region's frames.
         self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
-        self.background = [torch.zeros_like(t) for t in self.targets]
+        self.background = [torch.zeros_like(t) for t in self.target.magnitudes]
         if background is not None:
             with torch.no_grad():
                 params, bg_starts = background
@@ -105,7 +104,7 @@ class FastEngine:
 
     def _place(self, windows: Tensor, src: Tensor, dst: Tensor, i: int) -> Tensor:
         flat = windows.reshape(-1, windows.shape[-1])
-        return torch.zeros_like(self.targets[i]).index_add(0, dst, flat[src])
+        return torch.zeros_like(self.target.magnitudes[i]).index_add(0, dst, flat[src])
 
     def _powers(self, params: AtomParams, window_start_s: Tensor) -> list[Tensor]:
         return spectral.expected_power(

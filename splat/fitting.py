@@ -242,6 +242,8 @@ def initial_params(
     n_atoms: int,
     bounds: Bounds,
     rng: np.random.Generator,
+    *,
+    envelope: str,
 ) -> tuple[dict[str, np.ndarray], np.ndarray]:
     """Physical starting values, each of shape (segments, atoms), and noise seeds.
 
@@ -284,18 +286,18 @@ def initial_params(
     values["time_s"] = np.minimum(time_s, starts[:, None] + length_s[:, None] * 0.999)
     values["f0_hz"] = f0_hz
     values["gain_db"] = np.clip(
-        level_db - _tone_peak_db(values, sample_rate), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1
+        level_db - _tone_peak_db(values, sample_rate, envelope), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1
     )
     noise_seeds = rng.integers(0, 2**62, size=shape)
     return values, noise_seeds
 
 
-def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int) -> float:
+def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int, envelope: str) -> float:
     """Peak level (dB) of the resonance of a 0 dB atom with the shared starting shape."""
     u = torch.arange(int(0.5 * sample_rate), dtype=torch.float64) / sample_rate
     one = torch.ones(1, 1, 1, dtype=torch.float64)
     env = dsp.burst_envelope(
-        u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape="gamma"
+        u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape=envelope
     )
     power = dsp.resonance_power(env**2, one * values["decay_s"].flat[0], step_samples=1, sample_rate=sample_rate)
     mix = float(values["mix"].flat[0])
@@ -318,7 +320,9 @@ def _fit_chunk(
 ) -> tuple[AtomParams, Tensor, list[float]]:
     device = target.device
     n = target.numel()
-    values, noise_seeds = initial_params(target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng)
+    values, noise_seeds = initial_params(
+        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, envelope=spec.envelope
+    )
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()

@@ -36,9 +36,9 @@ def stft_power(audio: Tensor, res: Resolution) -> Tensor:
 class SpectralTarget:
     """Target magnitudes of every resolution, prepared once for repeated distances.
 
-    `distance(model_powers)` equals the mean over resolutions of
-    `spectral_distance(target, model)`, with the target's square root, logarithm
-    and norm computed once instead of at every step.
+    `distance(model_powers)` is the mean over resolutions of spectral convergence
+    plus log-magnitude L1, with the target's square root, logarithm and norm
+    computed once instead of at every step.
     """
 
     def __init__(self, target_powers: list[Tensor]) -> None:
@@ -53,11 +53,6 @@ class SpectralTarget:
             model = torch.sqrt(power.clamp_min(POWER_FLOOR))
             total = total + torch.linalg.vector_norm(mag - model) / norm + (log - torch.log(model)).abs().mean()
         return total / len(self.magnitudes)
-
-
-def spectral_distance(target_power: Tensor, model_power: Tensor) -> Tensor:
-    """Spectral convergence + log-magnitude L1 between two power spectrograms (scalar)."""
-    return SpectralTarget([target_power]).distance([model_power])
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:
