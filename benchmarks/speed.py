@@ -42,8 +42,10 @@ def measure(audio_path: str, engine: str, n_iters: int, n_atoms: int, threads: i
 
     from splat.evaluate import mrstft_distance
     from splat.fitting import FitConfig, fit
+    from splat.runtime import tune_allocator
 
     torch.set_num_threads(threads)
+    tune_allocator()  # as `splat fit` does
     audio, sr = sf.read(audio_path, dtype="float32")
     audio = audio[: int(seconds * sr)] if seconds > 0 else audio
     stamps: list[float] = []

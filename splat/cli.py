@@ -36,6 +36,7 @@ from splat.evaluate import evaluate_pair
 from splat.files import atomic_path
 from splat.fitting import FitConfig, FitProgress, fit
 from splat.params import FIELDS
+from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
 
 # Choices, spelled out so `--help` lists them and a typo fails before any work;
@@ -275,6 +276,7 @@ def fit_command(
         log = _stderr()
         if not quiet:
             _announce_conversions(loaded, log)
+        tune_allocator()
         with _progress_bars(log, disable=quiet) as progress:
             result = fit(loaded.samples, loaded.sample_rate, config, callback=_FitBars(progress))
         # Both files appear together or not at all.

@@ -48,11 +48,40 @@ class SpectralTarget:
 
     def distance(self, model_powers: list[Tensor]) -> Tensor:
         """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar)."""
-        total = 0.0
-        for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers, strict=True):
-            model = torch.sqrt(power.clamp_min(POWER_FLOOR))
-            total = total + torch.linalg.vector_norm(mag - model) / norm + (log - torch.log(model)).abs().mean()
-        return total / len(self.magnitudes)
+        terms = [
+            _SpectralDistance.apply(power, mag, log, norm)
+            for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers, strict=True)
+        ]
+        return torch.stack(terms).mean()
+
+
+class _SpectralDistance(torch.autograd.Function):
+    """||Y - X||_F / ||Y||_F + mean |log Y - log X| for X = sqrt(max(P, floor)), gradient in closed form.
+
+    The gradient with respect to P is formed in the same pass as the value
+    (a dozen elementwise operations instead of autograd's thirty):
+
+        dL/dX = (X - Y) / (||X - Y|| ||Y||) - sign(log Y - log X) / (n X),   dX/dP = 1 / (2 X) where P > floor.
+    """
+
+    @staticmethod
+    def forward(ctx, power: Tensor, mag: Tensor, log: Tensor, norm: Tensor) -> Tensor:
+        model = power.clamp_min(POWER_FLOOR).sqrt_()
+        diff = model - mag
+        diff_norm = torch.linalg.vector_norm(diff)
+        log_error = log - torch.log(model)
+        value = diff_norm / norm + log_error.abs().mean()
+        if ctx.needs_input_grad[0]:
+            grad_mag = diff.mul_(1.0 / (diff_norm.clamp_min(1e-30) * norm))
+            grad_mag.addcdiv_(torch.sign(log_error), model, value=-1.0 / model.numel())
+            grad = grad_mag.div_(model).mul_(0.5).masked_fill_(power <= POWER_FLOOR, 0.0)
+            ctx.save_for_backward(grad)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_value: Tensor) -> tuple[Tensor, None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return grad * grad_value, None, None, None
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:

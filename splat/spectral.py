@@ -13,7 +13,7 @@ segment at one STFT resolution is a matrix product:
 - psi, noise: the gaussian band widened by the window's own spectral spread
   (variances add), normalised in closed form with erf.
 - psi, resonance: every partial is splatted onto the few bins around it with
-  the Hann window's closed-form power kernel (`dsp.hann_power_kernel`), for
+  the Hann window's closed-form power kernel (`dsp.hann_power_taps`), for
   all resolutions at once, into one bin axis that holds every resolution's
   bins side by side (a single scatter-add).
 
@@ -86,10 +86,10 @@ class Plan:
 
     Attributes:
         cell_s: Grid cell centres relative to the window start, shape (n_cells,).
-        slot_hz: Frequency of every slot, shape (n_slots,).
-        spread: One-hot (n_res, n_slots) map from resolutions to their slots.
+        n_slots: Length of the shared bin axis (every resolution's bins and padding).
+        bins_hz: Per resolution, the frequency of each bin, shape (n_fft / 2 + 1,).
         bin_hz: Bin width of each resolution, shape (n_res,).
-        time_kernels: Per resolution, w^2 summed over each grid cell, shape (n_fft / step,).
+        time_kernels: Per resolution, N / 2 * w^2 summed over each grid cell, shape (n_fft / step,).
     """
 
     def __init__(
@@ -102,11 +102,10 @@ class Plan:
         widths = [r.n_bins + 2 * pad for r in resolutions]
         self.base = [sum(widths[:i]) for i in range(len(widths))]
         self.bin_hz = torch.tensor([sample_rate / r.n_fft for r in resolutions], device=device)
-        slots = [torch.arange(-pad, r.n_bins + pad, device=device) for r in resolutions]
-        slot_res = torch.cat([torch.full_like(b, i) for i, b in enumerate(slots)])
-        self.slot_hz = torch.cat(slots).float() * self.bin_hz[slot_res]
-        # (res, slots) one-hot: spreads a per-resolution value over that resolution's slots by matmul.
-        self.spread = torch.nn.functional.one_hot(slot_res, len(resolutions)).T.float()
+        self.n_slots = sum(widths)
+        self.bins_hz = [
+            torch.arange(r.n_bins, device=device, dtype=torch.float32) * (sample_rate / r.n_fft) for r in resolutions
+        ]
         self.cell_s = grid.cell_centres_s(sample_rate, device)
         self.taps = torch.arange(1 - pad, pad + 1, device=device, dtype=torch.float32)
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
@@ -115,11 +114,8 @@ class Plan:
         self.time_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
-            self.time_kernels.append((w * w).reshape(-1, grid.step).sum(-1).float())
-
-    @property
-    def n_slots(self) -> int:
-        return self.slot_hz.numel()
+            # The N / 2 of E|X|^2 = N / 2 * P * psi is folded into the kernel.
+            self.time_kernels.append((res.n_fft / 2 * (w * w).reshape(-1, grid.step).sum(-1)).float())
 
     def split_bins(self, slots: Tensor) -> list[Tensor]:
         """Each resolution's bins out of a tensor over all slots (last axis).
@@ -132,7 +128,7 @@ class Plan:
         return list(slots.split(sizes, dim=-1)[1::3])
 
     def frame_powers(self, powers: Tensor, i: int) -> Tensor:
-        """Window-weighted power sum_t w^2(t - t_m) p(t) of frames centred every hop in the window.
+        """Window-weighted power N / 2 * sum_t w^2(t - t_m) p(t) of frames centred every hop in the window.
 
         Args:
             powers: Branch power on the grid, shape (segments, branches, n_cells).
@@ -175,7 +171,7 @@ def branch_powers(
     return torch.cat([g2 * (1.0 - mix) * e2, g2 * mix * res], dim=1)
 
 
-def noise_spectra(params: AtomParams, plan: Plan) -> Tensor:
+def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
     """Share of each noise branch's power per bin, every resolution's bins summing to ~1.
 
     The band is gaussian; the window blurs it by its own spectral spread and the
@@ -184,7 +180,7 @@ def noise_spectra(params: AtomParams, plan: Plan) -> Tensor:
     under 1 % once the blurred width exceeds half a bin, which the window ensures.
 
     Returns:
-        Shape (segments, atoms, n_slots).
+        Per resolution, shape (segments, atoms, n_fft / 2 + 1).
     """
     sigma_band = (params.noise_bandwidth_hz / dsp.FWHM_PER_SIGMA).unsqueeze(-1)  # (segments, atoms, 1)
     sigma = torch.sqrt(sigma_band**2 + (HANN_KERNEL_SIGMA_BINS * plan.bin_hz) ** 2)  # (segments, atoms, res)
@@ -193,8 +189,45 @@ def noise_spectra(params: AtomParams, plan: Plan) -> Tensor:
     root2 = math.sqrt(2.0)
     inside = 0.5 * (torch.erf((nyquist - centre) / (root2 * sigma)) + torch.erf(centre / (root2 * sigma)))
     total = sigma * math.sqrt(2 * math.pi) / plan.bin_hz * inside.clamp_min(1e-6)
-    z = (plan.slot_hz - centre) * ((1.0 / sigma) @ plan.spread)
-    return torch.exp(-0.5 * z * z) * ((1.0 / total) @ plan.spread)
+    return list(_GaussianBands.apply(centre, 1.0 / sigma, 1.0 / total, *plan.bins_hz))
+
+
+class _GaussianBands(torch.autograd.Function):
+    """s_r = a_r exp(-z^2 / 2), z = (f - c) b_r, at every bin f of each resolution r; gradient in closed form.
+
+    Inputs: centre c, per-resolution inverse width b_r and scale a_r. For g = dL/ds_r:
+
+        dL/dc = sum_r sum_f g s z b_r,   dL/db_r = -sum_f g s z^2 / b_r,   dL/da_r = sum_f g s / a_r.
+
+    (Autograd would keep and revisit four bin-sized intermediates per resolution.)
+    """
+
+    @staticmethod
+    def forward(ctx, centre: Tensor, inv_sigma: Tensor, scale: Tensor, *bins_hz: Tensor) -> tuple[Tensor, ...]:
+        out, saved = [], []
+        for r, freqs in enumerate(bins_hz):
+            z = (freqs - centre).mul_(inv_sigma[..., r : r + 1])
+            share = torch.exp((-0.5 * z * z).clamp_min_(dsp.EXP_FLOOR)).mul_(scale[..., r : r + 1])
+            out.append(share)
+            saved += [z, share]
+        ctx.save_for_backward(inv_sigma, scale, *saved)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        inv_sigma, scale, *saved = ctx.saved_tensors
+        grad_centre = 0.0
+        grad_inv_sigma, grad_scale = [], []
+        for r, grad in enumerate(grads):
+            z, share = saved[2 * r], saved[2 * r + 1]
+            weighted = grad * share  # g s
+            gz = weighted * z  # g s z
+            grad_centre = grad_centre + gz.sum(-1, keepdim=True) * inv_sigma[..., r : r + 1]
+            grad_inv_sigma.append((gz * z).sum(-1))
+            grad_scale.append(weighted.sum(-1))
+        grad_inv_sigma = -torch.stack(grad_inv_sigma, dim=-1) / inv_sigma
+        grad_scale = torch.stack(grad_scale, dim=-1) / scale
+        return (grad_centre, grad_inv_sigma, grad_scale) + (None,) * len(grads)
 
 
 def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Tensor:
@@ -212,15 +245,19 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Ten
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
     n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials)
     weights = dsp.partial_weights(params.rolloff_db.unsqueeze(-1), k, n_active)  # (segments, atoms, partials)
-    position = dsp.partial_frequencies(f0, b, k).unsqueeze(-1) / plan.bin_hz  # (..., partials, res) in bins
+    # Layout (taps, res, segments, atoms, partials): broadcasts run over long contiguous rows.
+    bin_hz = plan.bin_hz.reshape(-1, 1, 1, 1)
+    position = dsp.partial_frequencies(f0, b, k) / bin_hz  # (res, segments, atoms, partials), in bins
+    n_segments, n_atoms = params.f0_hz.shape
     with torch.no_grad():
-        below = torch.floor(position)
-        slot = below.unsqueeze(-1) + plan.taps  # (..., partials, res, taps)
+        slot = torch.floor(position) + plan.taps.reshape(-1, 1, 1, 1, 1)
         # Splats past either end of a resolution's bins land in its padding slots.
-        index = (torch.minimum(slot, plan.last_bin).clamp_min(-SPLAT_REACH_BINS) + plan.first_slot).long()
-    values = weights[..., None, None] * dsp.hann_power_kernel(slot - position.unsqueeze(-1))
-    out = torch.zeros(*params.f0_hz.shape, plan.n_slots, device=f0.device, dtype=values.dtype)
-    return out.scatter_add(-1, index.flatten(-3), values.flatten(-3))
+        slot = torch.minimum(slot, plan.last_bin.reshape(-1, 1, 1, 1)).clamp_min(-SPLAT_REACH_BINS)
+        row = torch.arange(n_segments * n_atoms, device=f0.device).reshape(n_segments, n_atoms, 1) * plan.n_slots
+        index = (slot + plan.first_slot.reshape(-1, 1, 1, 1)).long() + row
+    values = dsp.hann_power_taps(position, plan.taps) * weights
+    out = torch.zeros(n_segments * n_atoms * plan.n_slots, device=f0.device, dtype=values.dtype)
+    return out.scatter_add(0, index.flatten(), values.flatten()).reshape(n_segments, n_atoms, plan.n_slots)
 
 
 def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_frames: int) -> tuple[Tensor, Tensor]:
@@ -264,9 +301,12 @@ def expected_power(
     """
     sr = plan.sample_rate
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
-    spectra = torch.cat([noise_spectra(params, plan), resonance_spectra(params, plan, n_partials=n_partials)], dim=1)
+    noise = noise_spectra(params, plan)
+    tones = plan.split_bins(resonance_spectra(params, plan, n_partials=n_partials))
+    n_atoms = params.time_s.shape[1]
     out = []
-    for i, (res, bins) in enumerate(zip(plan.resolutions, plan.split_bins(spectra), strict=True)):
-        frames = plan.frame_powers(powers, i)  # (segments, 2 atoms, frames)
-        out.append((res.n_fft / 2) * torch.bmm(frames.transpose(1, 2), bins))
+    for i in range(len(plan.resolutions)):
+        frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 2 atoms)
+        # Noise and resonance branches as two products: no concatenated copy of the spectra.
+        out.append(torch.baddbmm(torch.bmm(frames[..., :n_atoms], noise[i]), frames[..., n_atoms:], tones[i]))
     return out

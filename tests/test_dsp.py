@@ -307,7 +307,7 @@ def test_band_shape_is_a_gaussian_with_the_given_half_power_width():
     assert shape[3].item() == pytest.approx(0.5**4, rel=1e-12)  # gaussian: twice as far, the log is 4x
 
 
-# --- hann_power_kernel --------------------------------------------------------------------------
+# --- hann_power_taps --------------------------------------------------------------------------
 
 N_WINDOW = 4096
 PAD = 16
@@ -333,10 +333,21 @@ def _hann_power_at(delta: np.ndarray) -> np.ndarray:
 SINGULAR = (-1.0, 0.0, 1.0)
 
 
+def _kernel(delta) -> np.ndarray:
+    """The share at each offset bin - position in `delta`, one sinusoid per offset (float64)."""
+    out = []
+    for d in np.atleast_1d(np.asarray(delta, dtype=np.float64)):
+        position = 1000.0 - d
+        tap = 1000.0 - math.floor(position)
+        out.append(dsp.hann_power_taps(_t([position]), _t([tap]))[0, 0].item())
+    return np.array(out)
+
+
 def test_hann_kernel_matches_the_numerical_window_spectrum():
     delta, numeric = _hann_power_on_grid()
-    regular = ~np.isin(delta, SINGULAR)
-    kernel = dsp.hann_power_kernel(_t(delta[regular])).numpy()
+    # At integer offsets the position is stepped by 5e-4 bins (tested below); compare elsewhere.
+    regular = delta != np.round(delta)
+    kernel = _kernel(delta[regular])
     # The closed form is the N -> infinity limit: it replaces sin(pi d / N) by pi d / N, a relative
     # error ~(pi d / N)^2 / 6 in each of the window's three Dirichlet kernels; allow (pi (|d| + 1) / N)^2.
     rtol = (np.pi * (np.abs(delta[regular]) + 1) / N_WINDOW) ** 2
@@ -347,7 +358,7 @@ def test_hann_kernel_matches_the_numerical_window_spectrum():
 
 def test_hann_kernel_steps_over_its_singular_points_by_5e_4_bins():
     # At 0 and +-1 the closed form is 0/0; the function evaluates it 5e-4 bins further instead.
-    kernel = dsp.hann_power_kernel(_t(SINGULAR)).numpy()
+    kernel = _kernel(SINGULAR)
     np.testing.assert_allclose(kernel, _hann_power_at(np.array(SINGULAR) + 5e-4), rtol=1e-6)
     # Exact values: W(0) = N / 2 and |W(+-1)| = N / 4 with sum w^2 = 3N / 8, i.e. 2/3 and 1/6.
     # The step costs O(5e-4) where the kernel has a slope (at +-1: |K'| = 1/2) and O(5e-4^2) at the top.
@@ -359,8 +370,14 @@ def test_hann_kernel_steps_over_its_singular_points_by_5e_4_bins():
     assert np.all(np.abs(kernel - exact) <= np.array([slope, 0.0, slope]) * 5e-4 * 1.01 + 1e-6)
 
 
+def test_hann_kernel_at_every_integer_offset_is_the_window_spectrum_5e_4_bins_further():
+    # One position serves all taps, so a position within 1e-4 of an integer steps every tap.
+    delta = np.arange(-8.0, 9.0)
+    np.testing.assert_allclose(_kernel(delta), _hann_power_at(delta + 5e-4), rtol=1e-6, atol=1e-15)
+
+
 def test_hann_kernel_error_at_singular_points_is_below_the_documented_3e_4():
-    kernel = dsp.hann_power_kernel(_t(SINGULAR)).numpy()
+    kernel = _kernel(SINGULAR)
     assert np.all(np.abs(kernel - np.array([1 / 6, 2 / 3, 1 / 6])) < 3e-4)
 
 
@@ -369,12 +386,46 @@ def test_hann_kernel_sums_to_one_over_integer_spaced_offsets(offset):
     # Parseval: a sinusoid's power is spread over the bins, whatever its fractional offset.
     # The tail beyond 300 bins is ~(2/3) / (pi^2 300^6) per bin; at offset 0 the steps at +-1 cancel
     # to first order (slopes of opposite sign), leaving O(5e-4^2).
-    total = dsp.hann_power_kernel(_t(offset + np.arange(-300, 301))).sum().item()
+    total = _kernel(offset + np.arange(-300, 301)).sum()
     assert total == pytest.approx(1.0, abs=1e-6)
 
 
 def test_hann_kernel_is_symmetric_away_from_its_singular_points():
     delta = np.array([0.3, 0.77, 1.5, 2.25, 5.1])
-    np.testing.assert_allclose(
-        dsp.hann_power_kernel(_t(delta)).numpy(), dsp.hann_power_kernel(_t(-delta)).numpy(), rtol=1e-12
+    np.testing.assert_allclose(_kernel(delta), _kernel(-delta), rtol=1e-12)
+
+
+def test_hann_taps_of_one_position_equal_the_kernel_at_each_offset(rng):
+    position = _t(rng.uniform(2.0, 60.0, size=(3, 4)))
+    taps = _t(np.arange(-3.0, 5.0))
+    shares = dsp.hann_power_taps(position, taps).numpy()  # (taps, 3, 4)
+    offsets = np.floor(position.numpy())[None] + taps.numpy()[:, None, None] - position.numpy()[None]
+    np.testing.assert_allclose(shares, _kernel(offsets.ravel()).reshape(shares.shape), rtol=1e-9, atol=1e-15)
+
+
+def test_hann_taps_gradient_matches_finite_differences(rng):
+    # Positions away from the stepped neighbourhoods of integers, where the value is smooth.
+    position = _t(rng.integers(2, 60, size=(2, 5)) + rng.uniform(0.01, 0.99, size=(2, 5))).requires_grad_(True)
+    taps = _t(np.arange(-3.0, 5.0))
+    assert torch.autograd.gradcheck(lambda p: dsp.hann_power_taps(p, taps), (position,))
+
+
+# --- written-out gradients ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shape", ["gamma", "gaussian"])
+def test_burst_envelope_gradient_matches_finite_differences(rng, shape):
+    # Times on both sides of the onset; atoms broadcast against one shared time axis.
+    u = _t(rng.uniform(-0.02, 0.08, size=(1, 1, 40))).requires_grad_(True)
+    attack = _t(rng.uniform(0.002, 0.012, size=(2, 3, 1))).requires_grad_(True)
+    spread = _t(rng.uniform(0.002, 0.012, size=(2, 3, 1))).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *a: dsp.burst_envelope(*a, shape=shape), (u, attack, spread))
+
+
+@pytest.mark.parametrize("step", [1, 4])
+def test_resonance_gradient_matches_finite_differences(rng, step):
+    e2 = _t(rng.uniform(0.0, 1.0, size=(2, 3, 40))).requires_grad_(True)
+    decay = _t(rng.uniform(0.002, 0.012, size=(2, 3, 1))).requires_grad_(True)  # decays within the window
+    assert torch.autograd.gradcheck(
+        lambda e, d: dsp.resonance_power(e, d, step_samples=step, sample_rate=SAMPLE_RATE), (e2, decay)
     )
