@@ -185,12 +185,16 @@ def visqol_mos(original: np.ndarray, reconstruction: np.ndarray, sample_rate: in
     ref_48k, est_48k = (
         librosa.resample(a, orig_sr=sample_rate, target_sr=VISQOL_SAMPLE_RATE).astype(np.float64) for a in (ref, est)
     )
+    # ViSQOL's native code resets torch's intra-op thread count; restore the caller's.
+    n_threads = torch.get_num_threads()
     api = visqol.VisqolApi()
     api.create(mode="audio")
     try:
         result = api.measure_from_arrays(ref_48k, est_48k, VISQOL_SAMPLE_RATE)
     except ValueError as exc:
         raise ParameterError(f"ViSQOL cannot score this pair ({duration_s:.3f} s): {exc}") from exc
+    finally:
+        torch.set_num_threads(n_threads)
     return float(result.moslqo)
 
 

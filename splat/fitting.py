@@ -28,6 +28,7 @@ from splat import analysis, dsp, spectral, synth
 from splat.atoms import ENVELOPES, Atom, AtomSet
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
+from splat.evaluate import EVENT_WITHIN_DB
 from splat.params import FIELDS, AtomParams, Bounds, to_physical, to_raw
 
 ENGINES = ("fast", "reference")
@@ -42,6 +43,27 @@ PRUNE_AT = (0.5, 0.75, 1.0)
 #: move per step: ~2 ms for onsets and ~6 cents for f0 at lr = 0.05, so that
 #: neither jumps out of the basin the analysis put it in.
 FIELD_STEP = {"time_s": 0.1, "f0_hz": 0.05, "inharmonicity": 0.5}
+#: Starting values of the fields the analysis does not set (physical units).
+START_SHAPE = {
+    "attack_s": 0.008,
+    "spread_s": 0.006,
+    "noise_bandwidth_hz": 3000.0,
+    "inharmonicity": 1e-4,
+    "rolloff_db": 4.0,
+    "decay_s": 1.5,
+    "mix": 0.85,
+}
+#: Fractions of the iterations after which the residual is searched for missed notes
+#: (the first before the sparsity penalty starts, so the new atoms compete on equal terms).
+RESEED_AT = (0.2, 0.4)
+#: Atoms whose onsets are closer than this (s) count as starting together.
+_SAME_ONSET_S = 0.05
+#: Intervals (semitones) of partials 3-8 above a fundamental: where a note can hide.
+_HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
+#: Two atoms of the same pitch (within `DUPLICATE_CENTS`) that start less than this
+#: apart (s) describe one note: the quieter one is pruned.
+DUPLICATE_S = 0.1
+DUPLICATE_CENTS = 50.0
 
 
 @dataclass(frozen=True)
@@ -244,28 +266,21 @@ def initial_params(
     rng: np.random.Generator,
     *,
     envelope: str,
-) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Physical starting values, each of shape (segments, atoms), and noise seeds.
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """Physical starting values, each of shape (segments, atoms), noise seeds, and onsets.
 
     Atoms go to the strongest (onset, pitch) seeds of each segment; the rest start
-    at random times and pitches, quiet.
+    at random times and pitches, quiet. The onsets (seconds from the region's
+    start, shape (onsets,)) are those the analysis found.
     """
     seg = region.n_segment
     lo = region.start
     hi = min(region.segment_starts[-1] + seg, target.size)
-    seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate)
+    onsets_s, seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate)
     n_seg = len(region.segment_starts)
     shape = (n_seg, n_atoms)
-    values = {
-        "attack_s": np.full(shape, 0.008),
-        "spread_s": np.full(shape, 0.006),
-        "noise_center_hz": np.exp(rng.uniform(np.log(300.0), np.log(6000.0), shape)),
-        "noise_bandwidth_hz": np.full(shape, 3000.0),
-        "inharmonicity": np.full(shape, 1e-4),
-        "rolloff_db": np.full(shape, 4.0),
-        "decay_s": np.full(shape, 1.5),
-        "mix": np.full(shape, 0.85),
-    }
+    values = {name: np.full(shape, value) for name, value in START_SHAPE.items()}
+    values["noise_center_hz"] = np.exp(rng.uniform(np.log(300.0), np.log(6000.0), shape))
     values["noise_center_hz"] = np.minimum(values["noise_center_hz"], bounds.noise_center_hz.hi)
     starts = np.array(region.segment_starts) / sample_rate
     length_s = np.minimum(seg, target.size - np.array(region.segment_starts)) / sample_rate
@@ -289,7 +304,7 @@ def initial_params(
         level_db - _tone_peak_db(values, sample_rate, envelope), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1
     )
     noise_seeds = rng.integers(0, 2**62, size=shape)
-    return values, noise_seeds
+    return values, noise_seeds, onsets_s
 
 
 def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int, envelope: str) -> float:
@@ -320,9 +335,10 @@ def _fit_chunk(
 ) -> tuple[AtomParams, Tensor, list[float]]:
     device = target.device
     n = target.numel()
-    values, noise_seeds = initial_params(
+    values, noise_seeds, onsets_s = initial_params(
         target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, envelope=spec.envelope
     )
+    tone_peak_db = _tone_peak_db(values, spec.sample_rate, spec.envelope)
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
@@ -358,6 +374,7 @@ def _fit_chunk(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
     prune_steps = {max(1, round(f * config.n_iters)) for f in PRUNE_AT}
+    reseed_steps = {max(1, round(f * config.n_iters)) for f in RESEED_AT}
     history: list[float] = []
     for step in range(1, config.n_iters + 1):
         raw = raw0 + step_scale * shift
@@ -374,11 +391,36 @@ def _fit_chunk(
         optimiser.step()
         schedule.step()
         history.append(distance.item())
+        if step in reseed_steps and step < config.n_iters:
+            with torch.no_grad():
+                raw = raw0 + step_scale * shift
+                current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+                model_powers = engine.model_powers(current)
+                restart = residual_restarts(
+                    current,
+                    active,
+                    model_powers,
+                    engine.target.magnitudes,
+                    onsets_s,
+                    region,
+                    spec,
+                    bounds,
+                    tone_peak_db=tone_peak_db,
+                )
+                if restart is not None:
+                    replaced, new_raw = restart
+                    new_raw = to_raw(new_raw, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    raw0 = torch.where(replaced.unsqueeze(-1), new_raw, raw0)
+                    shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
+                    for moment in optimiser.state[shift].values():
+                        if torch.is_tensor(moment) and moment.shape == shift.shape:
+                            moment.masked_fill_(replaced.unsqueeze(-1), 0.0)
         if step in prune_steps:
             with torch.no_grad():
                 gain_db = params.gain_db
                 loudest = gain_db[active].max() if active.any() else gain_db.max()
                 active &= gain_db > loudest - config.prune_db
+                active &= ~duplicate_atoms(params, active)
             if config.engine == "fast" and step < config.n_iters:
                 # The fast engine keeps no per-atom state: drop pruned atoms from the tensors so
                 # the remaining steps cost in proportion to the atoms still active.
@@ -404,6 +446,124 @@ def _fit_chunk(
     with torch.no_grad():
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
     return final, torch.where(active.cpu(), seeds, -1), history
+
+
+def residual_restarts(
+    params: AtomParams,
+    active: Tensor,
+    model_powers: list[Tensor],
+    target_magnitudes: list[Tensor],
+    onsets_s: np.ndarray,
+    region: Region,
+    spec: ModelSpec,
+    bounds: Bounds,
+    *,
+    tone_peak_db: float,
+) -> tuple[Tensor, AtomParams] | None:
+    """Restart the quietest atoms on notes that the fit so far leaves in the residual.
+
+    The analysis cancels the harmonics of each pitch it picks, so a note whose
+    partials are harmonics of a louder simultaneous note (a twelfth or two
+    octaves up: block chords over a bass) gets no atom. Once the louder note's atom has a fitted,
+    smooth partial envelope, such a note stands out in the rectified residual
+    at the onset (`analysis.residual_seeds`, on the longest STFT of the loss).
+    Each residual pitch that no atom near that onset already has (within a
+    semitone and `_SAME_ONSET_S`) and that lies on the 3rd to 8th partial of
+    an event-level atom starting there takes over the quietest atom of its
+    segment that is not an event (more than `EVENT_WITHIN_DB` below the
+    loudest), with the starting shape of the analysis' atoms.
+
+    Args:
+        params: Current atoms, tensors of shape (segments, atoms).
+        active: Shape (segments, atoms), bool.
+        model_powers: Model power per resolution, shape (frames, bins), region frames.
+        target_magnitudes: Target magnitude per resolution, same shapes.
+        onsets_s: Onsets in seconds from the region's start, shape (onsets,).
+        region: The chunk being fitted.
+        spec: Model settings (its resolutions match the two lists).
+        bounds: Physical ranges.
+        tone_peak_db: Peak level of a 0 dB atom with the starting shape (`_tone_peak_db`).
+
+    Returns:
+        None if nothing is restarted, else the mask of restarted atoms, shape
+        (segments, atoms), and `params` with the restarted atoms' new values.
+    """
+    longest = max(range(len(spec.resolutions)), key=lambda i: spec.resolutions[i].n_fft)
+    res = spec.resolutions[longest]
+    sr = spec.sample_rate
+    seeds = analysis.residual_seeds(
+        target_magnitudes[longest].cpu().double().numpy(),
+        model_powers[longest].clamp_min(0.0).sqrt().cpu().double().numpy(),
+        onsets_s,
+        hop=res.hop,
+        sample_rate=sr,
+    )
+    if not seeds:
+        return None
+    device = active.device
+    values = {name: getattr(params, name).detach().cpu().double().numpy().copy() for name in FIELDS}
+    live = active.cpu().numpy()
+    gain_db = np.where(live, values["gain_db"], -np.inf)
+    loudest = gain_db.max()
+    free = live & (gain_db < loudest - EVENT_WITHIN_DB)
+    replaced = np.zeros_like(live)
+    seg = region.n_segment
+    for seed in seeds:
+        t_s = (region.start / sr) + seed.time_s
+        i = int((t_s * sr - region.start) // seg)
+        if not 0 <= i < len(region.segment_starts) or not free[i].any():
+            continue
+        near = live & (np.abs(values["time_s"] - t_s) < _SAME_ONSET_S)
+        interval = 12.0 * np.log2(seed.f0_hz / values["f0_hz"])
+        if (near & (np.abs(interval) < 1.0)).any():
+            continue  # that note has an atom already
+        # Only a pitch on a partial (3rd to 8th) of an event-level note starting there can
+        # have been cancelled by the analysis. Not the 2nd: a low piano note's 2nd partial
+        # is often stronger than the atom's geometric rolloff gives it, which leaves a
+        # residual an octave up without any note there.
+        hidden = np.min(np.abs(interval[..., None] - _HIDING_INTERVALS), axis=-1) < 0.5
+        if not (near & (gain_db >= loudest - EVENT_WITHIN_DB) & hidden).any():
+            continue
+        j = int(np.argmin(np.where(free[i], gain_db[i], np.inf)))
+        free[i, j], replaced[i, j] = False, True
+        values["time_s"][i, j] = max(t_s - 0.002, region.segment_starts[i] / sr)
+        values["f0_hz"][i, j] = min(max(seed.f0_hz, bounds.f0_hz.lo * 1.01), bounds.f0_hz.hi * 0.99)
+        values["gain_db"][i, j] = np.clip(seed.level_db - tone_peak_db, bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
+        for name, value in START_SHAPE.items():
+            values[name][i, j] = value
+    if not replaced.any():
+        return None
+    new = AtomParams(**{k: torch.tensor(v, dtype=torch.float32, device=device) for k, v in values.items()})
+    return torch.from_numpy(replaced).to(device), new
+
+
+def duplicate_atoms(params: AtomParams, active: Tensor) -> Tensor:
+    """Active atoms that repeat a louder active atom's note.
+
+    A note is sometimes described by two atoms of the same pitch a few tens of
+    ms apart (an attack and a slower swell); read as events they count the note
+    twice. An atom is a duplicate if a louder active atom (in any segment) has
+    an f0 within `DUPLICATE_CENTS` and an onset within `DUPLICATE_S`; pruning it
+    at a prune step lets the remaining steps give its energy to the louder one.
+
+    Args:
+        params: Atoms, tensors of shape (segments, atoms).
+        active: Shape (segments, atoms), bool.
+
+    Returns:
+        Shape (segments, atoms), bool: True for duplicates.
+    """
+    time_s, f0_hz, gain_db = (getattr(params, k).detach().reshape(-1) for k in ("time_s", "f0_hz", "gain_db"))
+    live = active.reshape(-1)
+    same_time = (time_s[:, None] - time_s[None, :]).abs() < DUPLICATE_S
+    same_pitch = (1200.0 * torch.log2(f0_hz[:, None] / f0_hz[None, :])).abs() < DUPLICATE_CENTS
+    index = torch.arange(live.numel(), device=live.device)
+    # Partner j is louder than i (ties: the earlier index wins), so exactly one of a pair is flagged.
+    louder = (gain_db[None, :] > gain_db[:, None]) | (
+        (gain_db[None, :] == gain_db[:, None]) & (index[None, :] < index[:, None])
+    )
+    flagged = (same_time & same_pitch & louder & live[None, :]).any(dim=1) & live
+    return flagged.reshape(active.shape)
 
 
 def _active_first(active: Tensor) -> Tensor:

@@ -47,6 +47,30 @@ def make_sine() -> Callable[..., np.ndarray]:
     return sine
 
 
+def harmonic_spectrum(
+    f0_hz: float, *, n_fft: int, sample_rate: int, amplitude: float = 1.0, n_harmonics: int = 16
+) -> np.ndarray:
+    """STFT magnitude, shape (n_fft/2 + 1,), of a tone whose partial h (at h f0) has amplitude / h.
+
+    Each partial is a Hann-window main lobe (peak amplitude * n_fft / 4, about 2 bins wide).
+    """
+    bins = np.arange(n_fft // 2 + 1)
+    out = np.zeros(bins.size)
+    for h in range(1, n_harmonics + 1):
+        centre = h * f0_hz * n_fft / sample_rate
+        if centre >= bins.size - 2:
+            break
+        d = np.abs(bins - centre)
+        out += amplitude / h * (n_fft / 4) * np.where(d < 2.0, np.cos(np.pi * d / 4.0) ** 2, 0.0)
+    return out
+
+
+@pytest.fixture
+def make_harmonic_spectrum() -> Callable[..., np.ndarray]:
+    """Return `harmonic_spectrum(f0_hz, *, n_fft, sample_rate, amplitude=1.0, n_harmonics=16)`."""
+    return harmonic_spectrum
+
+
 @pytest.fixture
 def clip(rng: np.random.Generator) -> np.ndarray:
     """0.3 s of synthetic music at 22050 Hz: two decaying tones and a noise burst, shape (n_samples,)."""

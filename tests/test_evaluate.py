@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from splat.atoms import Atom, AtomSet
 from splat.errors import FormatError, ParameterError, SplatError
@@ -198,6 +199,22 @@ def test_visqol_drops_with_added_noise(rng):
     identical = visqol_mos(x, x, SR)
     assert identical > 4.5
     assert 1.0 <= visqol_mos(x, noisy, SR) < identical - 1.0
+
+
+@pytest.mark.slow  # about 1 s
+def test_visqol_keeps_torch_thread_count(rng):
+    # Once torch's thread pool is up, ViSQOL's native code resets its size (to 2 on a 2-core
+    # machine), so every fit after the first score of a benchmark run used more threads than asked.
+    x = rng.standard_normal(SR + SR // 2).astype(np.float32)
+    y = rng.standard_normal(x.size).astype(np.float32)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        evaluate_pair(x, y, SR, with_visqol=False)  # starts torch's thread pool
+        visqol_mos(x, y, SR)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_visqol_refuses_short_audio(noise):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
+import torch
 
 from splat.atoms import Atom, AtomSet
+from splat.engines import ModelSpec, Region
 from splat.errors import AudioError, ParameterError
-from splat.fitting import FitConfig, fit
+from splat.fitting import FitConfig, duplicate_atoms, fit, residual_restarts
+from splat.params import AtomParams, Bounds
+from splat.spectral import resolutions_for
 from splat.synth import render_atom_set
 
 SR = 22050
@@ -152,3 +157,65 @@ def test_bad_config_is_refused(changes, message):
 def test_sample_rate_mismatch_is_refused():
     with pytest.raises(ParameterError, match="resample"):
         fit(np.ones(4000, dtype=np.float32), 44100, FitConfig())
+
+
+def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
+    # (time_s, f0_hz, gain_db, active) in two segments of three atoms.
+    atoms = [
+        [(0.10, 233.0, -6.0, True), (0.16, 234.0, -20.0, True), (0.10, 293.7, -10.0, True)],
+        [(0.60, 233.0, -8.0, True), (0.62, 233.5, -2.0, False), (0.65, 440.0, -30.0, True)],
+    ]
+    base = dict(
+        attack_s=0.01, spread_s=0.01, noise_center_hz=1000.0, noise_bandwidth_hz=500.0,
+        inharmonicity=1e-4, rolloff_db=4.0, decay_s=1.0, mix=0.9,
+    )  # fmt: skip
+    shape = (2, 3)
+    fields = {k: torch.full(shape, v) for k, v in base.items()}
+    for name, index in (("time_s", 0), ("f0_hz", 1), ("gain_db", 2)):
+        fields[name] = torch.tensor([[a[index] for a in row] for row in atoms])
+    active = torch.tensor([[a[3] for a in row] for row in atoms])
+    flagged = duplicate_atoms(AtomParams(**fields), active)
+    # Only the second atom: same pitch (7 cents) 60 ms after a louder one. The third has
+    # another pitch, the fourth starts 500 ms later, and its louder twin is inactive.
+    assert flagged.tolist() == [[False, True, False], [False, False, False]]
+
+
+def test_residual_restarts_only_notes_hidden_on_partials_of_a_note_starting_there(make_harmonic_spectrum):
+    n_fft = 4096
+    hop, n_frames, onset_frame = n_fft // 4, 16, 4
+    onset_s = (onset_frame * hop + hop // 2) / SR
+    f2, c4, b3 = 87.31, 261.63, 246.94  # C4 is F2's 3rd partial; B3 is on no partial of F2
+    bass, hidden, other = (
+        make_harmonic_spectrum(f0, n_fft=n_fft, sample_rate=SR, amplitude=a)
+        for f0, a in ((f2, 2.0), (c4, 1.0), (b3, 1.0))
+    )
+    target = np.zeros((n_frames, n_fft // 2 + 1))
+    target[onset_frame + 1 :] = bass + hidden + other
+    model = np.zeros_like(target)
+    model[onset_frame + 1 :] = bass
+    # One segment, four atoms: the bass (loud, at the onset) and three quiet leftovers.
+    rows = [(onset_s, f2, 0.0), (0.9, 700.0, -60.0), (1.1, 900.0, -55.0), (0.2, 1500.0, -50.0)]
+    fields = {k: torch.full((1, 4), v) for k, v in dataclasses.asdict(_tone(0.0, 100.0, 0.0, 0)).items()}
+    del fields["noise_seed"]
+    for name, index in (("time_s", 0), ("f0_hz", 1), ("gain_db", 2)):
+        fields[name] = torch.tensor([[r[index] for r in rows]], dtype=torch.float32)
+    spec = ModelSpec(
+        sample_rate=SR, envelope="gamma", n_partials=24, resolutions=resolutions_for((n_fft,)), grid_step=32
+    )
+    region = Region(start=0, n_samples=n_frames * hop, segment_starts=(0,), n_segment=n_frames * hop)
+    restart = residual_restarts(
+        AtomParams(**fields),
+        torch.ones(1, 4, dtype=torch.bool),
+        [torch.tensor(model**2)],
+        [torch.tensor(target)],
+        np.array([onset_s]),
+        region,
+        spec,
+        Bounds.for_sample_rate(SR),
+        tone_peak_db=0.0,
+    )
+    assert restart is not None
+    replaced, new = restart
+    assert replaced.tolist() == [[False, True, False, False]]  # the quietest leftover
+    assert abs(12 * math.log2(float(new.f0_hz[0, 1]) / c4)) < 0.5
+    assert abs(float(new.time_s[0, 1]) - onset_s) < 0.005

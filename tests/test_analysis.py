@@ -1,0 +1,71 @@
+"""Initial-atom analysis: pitches that are new at an onset, and notes left in the fit's residual."""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from splat.analysis import onset_pitches, residual_seeds
+
+SR = 22050
+N_FFT = 4096
+F2, C4, F4, A4 = 87.31, 261.63, 349.23, 440.0
+
+
+@pytest.fixture
+def tone(make_harmonic_spectrum):
+    """`tone(f0_hz, amplitude=1.0, n_harmonics=16)`: magnitude spectrum at N_FFT and SR."""
+    return functools.partial(make_harmonic_spectrum, n_fft=N_FFT, sample_rate=SR)
+
+
+def _semitones(a_hz: float, b_hz: float) -> float:
+    return abs(12.0 * np.log2(a_hz / b_hz))
+
+
+def test_notes_over_a_held_bass_are_found_instead_of_the_bass(tone):
+    # C4, F4 and A4 are the 3rd, 4th and 5th harmonics of the held F2 below them, so F2
+    # collects the largest harmonic sum; but F2's fundamental is not new at this onset.
+    new = sum(tone(f) for f in (C4, F4, A4))
+    after = new + tone(F2, amplitude=2.0)
+    found = [f0 for f0, _ in onset_pitches(new, after, SR, max_pitches=4)]
+    assert all(_semitones(f0, F2) > 1.0 for f0 in found)
+    for note in (C4, F4, A4):
+        assert any(_semitones(f0, note) < 0.5 for f0 in found), (note, found)
+
+
+def test_a_new_bass_with_new_notes_on_its_harmonics_is_found_first(tone):
+    new = tone(F2, amplitude=2.0) + tone(A4)
+    found = [f0 for f0, _ in onset_pitches(new, new, SR, max_pitches=4)]
+    assert _semitones(found[0], F2) < 0.5
+
+
+def test_residual_seeds_find_the_note_hidden_in_the_bass_harmonics(tone):
+    # Frames centred every hop samples; the onset lies mid-clip, silence before it.
+    hop = N_FFT // 4
+    n_frames, onset_frame = 12, 4
+    bass, hidden = tone(F2, amplitude=2.0), tone(C4)
+    target = np.zeros((n_frames, N_FFT // 2 + 1))
+    target[onset_frame + 1 :] = bass + hidden
+    model = np.zeros_like(target)
+    model[onset_frame + 1 :] = bass  # the fitted bass explains its own partials only
+    onsets_s = np.array([(onset_frame * hop + hop // 2) / SR])
+    seeds = residual_seeds(target, model, onsets_s, hop=hop, sample_rate=SR)
+    assert len(seeds) == 1
+    assert _semitones(seeds[0].f0_hz, C4) < 0.5
+    assert seeds[0].time_s == onsets_s[0]
+    # A model that explains everything leaves nothing to seed.
+    assert residual_seeds(target, target, onsets_s, hop=hop, sample_rate=SR) == []
+
+
+def test_a_subharmonic_without_its_fundamental_is_not_a_note(tone):
+    # G3 C4 E4 G4 C5 (4 partials each) are partials 3-6 and 8 of C2, which is not played;
+    # a weak broadband floor (2 % of the partials' peaks) is new too, so no bin is silent.
+    c2 = 65.41
+    notes = [h * c2 for h in (3, 4, 5, 6, 8)]
+    new = sum(tone(f, n_harmonics=4) for f in notes) + 0.02 * N_FFT / 4
+    found = [f0 for f0, _ in onset_pitches(new, new, SR, max_pitches=4)]
+    assert min(found) > notes[0] * 2 ** (-1 / 12), found
+    for note in notes[:3]:
+        assert any(_semitones(f0, note) < 0.5 for f0 in found), (note, found)
