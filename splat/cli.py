@@ -221,6 +221,14 @@ def fit_command(
         Engine, typer.Option(help="Synthesis engine used while fitting: fast, or reference (slow, exact).")
     ] = _DEFAULT_ENGINE,
     envelope: Annotated[Envelope, typer.Option(help="Shape of each atom's burst envelope.")] = _DEFAULT_ENVELOPE,
+    greedy: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="Weight (>= 0) of a matching-pursuit-like second loss in which only the louder half of the atoms"
+            " must explain the audio; 0 = the plain loss. Fast engine only.",
+        ),
+    ] = _FIT_DEFAULTS.greedy,
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -267,6 +275,7 @@ def fit_command(
             device=device,
             engine=engine,
             envelope=envelope,
+            greedy=greedy,
             segment_s=segment_s,
             sample_rate=sample_rate,
         )

@@ -86,6 +86,9 @@ class FitConfig:
         prune_db: Atoms this far below the loudest one are pruned.
         segments_per_chunk: Segments optimised together (bounds memory).
         grid_step: Time grid of the fast engine, in samples.
+        greedy: Weight of a second distance computed with only the louder half of
+            each segment's atoms (matching-pursuit-like: the loud atoms must explain
+            as much as they can on their own). 0 = plain global loss. Fast engine only.
     """
 
     n_atoms: int = 64
@@ -103,6 +106,7 @@ class FitConfig:
     prune_db: float = 50.0
     segments_per_chunk: int = 8
     grid_step: int = 32
+    greedy: float = 0.0
 
     def validate(self) -> None:
         """Raises:
@@ -121,6 +125,8 @@ class FitConfig:
             (self.sparsity >= 0, f"sparsity={self.sparsity} must be >= 0"),
             (self.prune_db > 0, f"prune_db={self.prune_db} must be > 0"),
             (self.segments_per_chunk >= 1, f"segments_per_chunk={self.segments_per_chunk} must be >= 1"),
+            (self.greedy >= 0, f"greedy={self.greedy} must be >= 0"),
+            (self.greedy == 0 or self.engine == "fast", "greedy > 0 needs the fast engine"),
         ]
         for ok, message in checks:
             if not ok:
@@ -379,13 +385,18 @@ def _fit_chunk(
     for step in range(1, config.n_iters + 1):
         raw = raw0 + step_scale * shift
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-        distance = engine(params)
+        if config.greedy > 0 and params.time_s.shape[1] > 1:
+            lead, rest = _split_by_gain(params)
+            distance, lead_distance = engine.lead_distances(lead, rest)
+            fit_term = distance + config.greedy * lead_distance
+        else:
+            distance = fit_term = engine(params)
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
         # a steady downward pull that only atoms the loss needs can resist.
         level = (params.gain_db - bounds.gain_db.lo) / (bounds.gain_db.hi - bounds.gain_db.lo)
-        objective = distance + weight * (level * active).sum() / active.shape[0]
+        objective = fit_term + weight * (level * active).sum() / active.shape[0]
         optimiser.zero_grad(set_to_none=True)
         objective.backward()
         optimiser.step()
@@ -564,6 +575,14 @@ def duplicate_atoms(params: AtomParams, active: Tensor) -> Tensor:
     )
     flagged = (same_time & same_pitch & louder & live[None, :]).any(dim=1) & live
     return flagged.reshape(active.shape)
+
+
+def _split_by_gain(params: AtomParams) -> tuple[AtomParams, AtomParams]:
+    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2))."""
+    order = torch.argsort(params.gain_db.detach(), dim=1, descending=True)
+    ranked = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    n_lead = (params.time_s.shape[1] + 1) // 2
+    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
 
 
 def _active_first(active: Tensor) -> Tensor:

@@ -254,6 +254,19 @@ def test_fit_bad_input(tmp_path, make_input, mentions):
     assert files_in(tmp_path) == before
 
 
+def test_fit_greedy_loss_with_the_reference_engine_is_refused_up_front(clip_wav):
+    assert_one_error_line(
+        run("fit", clip_wav, *TINY_FIT, "--greedy", "0.5", "--engine", "reference"), mentions="greedy"
+    )
+    assert files_in(clip_wav.parent) == {"clip.wav"}
+
+
+def test_fit_with_the_greedy_loss_writes_both_outputs(clip_wav):
+    result = run("fit", clip_wav, *TINY_FIT, "--greedy", "0.5")
+    assert result.exit_code == 0, result.output
+    assert files_in(clip_wav.parent) == {"clip.wav", "clip.atoms.json", "clip.recon.wav"}
+
+
 def test_fit_bad_option_value_is_a_usage_error(clip_wav):
     result = run("fit", clip_wav, "--atoms", "0")
     assert result.exit_code == 2

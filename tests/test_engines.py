@@ -149,3 +149,30 @@ def test_fast_fit_recovers_atoms_as_well_as_the_reference_fit():
             errors[engine].append((dt[best], df[best]))
     for (dt_fast, df_fast), (dt_ref, df_ref) in zip(errors["fast"], errors["reference"], strict=True):
         assert dt_fast <= max(dt_ref, 0.005) and df_fast <= max(df_ref, 0.005), errors
+
+
+@pytest.mark.parametrize("n_segments", [1, 2])
+def test_lead_distances_are_the_distances_of_all_atoms_and_of_the_lead_alone(n_segments):
+    # The spectrogram is linear in the atoms: splitting them into lead and rest must not change
+    # the full distance, and the lead's distance is that of the engine given the lead atoms only.
+    atoms = (_atom(0.05, 220.0, -6.0, 1), _atom(0.12, 330.0, -8.0, 2))
+    truth = AtomSet(atoms=atoms, sample_rate=SR, duration_s=N / SR, n_partials=32)
+    target = torch.tensor(render_atom_set(truth))
+    spec = ModelSpec(SR, "gamma", 32, spectral.resolutions_for((2048, 1024, 512, 256)), 32)
+    seg = N // n_segments
+    region = Region(start=0, n_samples=N, segment_starts=tuple(range(0, N, seg)), n_segment=seg)
+    engine = FastEngine(target, region, spec)
+    one, _ = truth.to_params(dtype=torch.float32)  # shape (1, 2): the same atoms in every segment
+    params = type(one)(**{k: v.expand(n_segments, 2).contiguous() for k, v in vars(one).items()})
+    lead, rest = params.select(slice(0, 1)), params.select(slice(1, None))
+    full, lead_only = engine.lead_distances(lead, rest)
+    assert full.item() == pytest.approx(engine(params).item(), rel=1e-5)
+    assert lead_only.item() == pytest.approx(engine(lead).item(), rel=1e-5)
+    assert lead_only.item() > full.item()  # the lead alone explains less of the target
+
+
+def test_greedy_loss_needs_the_fast_engine():
+    from splat.errors import ParameterError
+
+    with pytest.raises(ParameterError, match="greedy"):
+        FitConfig(engine="reference", greedy=0.5).validate()
