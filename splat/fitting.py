@@ -126,7 +126,10 @@ class FitConfig:
             (self.prune_db > 0, f"prune_db={self.prune_db} must be > 0"),
             (self.segments_per_chunk >= 1, f"segments_per_chunk={self.segments_per_chunk} must be >= 1"),
             (self.greedy >= 0, f"greedy={self.greedy} must be >= 0"),
-            (self.greedy == 0 or self.engine == "fast", "greedy > 0 needs the fast engine"),
+            (
+                self.greedy == 0 or self.engine == "fast",
+                f"greedy={self.greedy} needs the fast engine: use engine fast, or greedy 0",
+            ),
         ]
         for ok, message in checks:
             if not ok:

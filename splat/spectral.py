@@ -80,9 +80,10 @@ class Grid:
 class Plan:
     """Constants of the fast engine for one grid and set of resolutions (built once per chunk).
 
-    The spectra of all resolutions live on one bin axis: resolution i owns
-    `width[i]` slots from `base[i]`, its bin b at slot base[i] + SPLAT_REACH_BINS + b;
-    the slots on either side catch splats that fall off its ends.
+    The resonance spectra of all resolutions live on one bin axis: resolution i
+    owns `width[i]` slots from `base[i]`, its bin b at slot base[i] + SPLAT_REACH_BINS + b;
+    the slots on either side catch splats that fall off its ends. (Noise spectra
+    are built per resolution, on `bins_hz`.)
 
     Attributes:
         cell_s: Grid cell centres relative to the window start, shape (n_cells,).

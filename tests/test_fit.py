@@ -12,8 +12,8 @@ import torch
 from splat.atoms import Atom, AtomSet
 from splat.engines import ModelSpec, Region
 from splat.errors import AudioError, ParameterError
-from splat.fitting import FitConfig, duplicate_atoms, fit, residual_restarts
-from splat.params import AtomParams, Bounds
+from splat.fitting import FitConfig, _split_by_gain, duplicate_atoms, fit, residual_restarts
+from splat.params import FIELDS, AtomParams, Bounds
 from splat.spectral import resolutions_for
 from splat.synth import render_atom_set
 
@@ -219,3 +219,15 @@ def test_residual_restarts_only_notes_hidden_on_partials_of_a_note_starting_ther
     assert replaced.tolist() == [[False, True, False, False]]  # the quietest leftover
     assert abs(12 * math.log2(float(new.f0_hz[0, 1]) / c4)) < 0.5
     assert abs(float(new.time_s[0, 1]) - onset_s) < 0.005
+
+
+def test_split_by_gain_puts_the_louder_half_of_each_segment_first():
+    gains = torch.tensor([[-30.0, -5.0, -20.0], [0.0, -40.0, -10.0]])
+    params = AtomParams(
+        **{name: torch.arange(6.0).reshape(2, 3) for name in FIELDS if name != "gain_db"}, gain_db=gains
+    )
+    lead, rest = _split_by_gain(params)
+    assert lead.gain_db.tolist() == [[-5.0, -20.0], [0.0, -10.0]]
+    assert rest.gain_db.tolist() == [[-30.0], [-40.0]]
+    # Every field travels with its atom.
+    assert lead.f0_hz.tolist() == [[1.0, 2.0], [3.0, 5.0]]
