@@ -111,15 +111,18 @@ class FastEngine:
             params, window_start_s, self.plan, envelope=self.spec.envelope, n_partials=self.spec.n_partials
         )
 
-    def model_powers(self, params: AtomParams) -> list[Tensor]:
-        """Expected power spectrogram of the region per resolution, shape (frames, bins)."""
+    def model_powers(self, params: AtomParams, *, background: bool = True) -> list[Tensor]:
+        """Expected power spectrogram of the region per resolution, shape (frames, bins).
+
+        With `background=False`, only these atoms (without earlier atoms' tails).
+        """
         powers = self._powers(params, self.window_start_s)
-        if self.direct:
+        if self.direct:  # no background in the direct case
             return [p[0] for p in powers]
-        return [
-            self._place(p, src, dst, i) + self.background[i]
-            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
+        placed = [
+            self._place(p, src, dst, i) for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
         ]
+        return [p + b for p, b in zip(placed, self.background, strict=True)] if background else placed
 
     def __call__(self, params: AtomParams) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
@@ -131,20 +134,8 @@ class FastEngine:
         The spectrogram is linear in the atoms, so the full model is the lead
         atoms' spectrogram plus the rest's: both distances for about the price of one.
         """
-        lead_powers = self._powers(lead, self.window_start_s)
-        rest_powers = self._powers(rest, self.window_start_s)
-        if self.direct:
-            lead_region = [p[0] for p in lead_powers]
-            all_region = [a + p[0] for a, p in zip(lead_region, rest_powers, strict=True)]
-        else:
-            lead_region = [
-                self._place(p, src, dst, i) + self.background[i]
-                for i, (p, (src, dst)) in enumerate(zip(lead_powers, self.scatter, strict=True))
-            ]
-            all_region = [
-                a + self._place(p, src, dst, i)
-                for i, (a, p, (src, dst)) in enumerate(zip(lead_region, rest_powers, self.scatter, strict=True))
-            ]
+        lead_region = self.model_powers(lead)
+        all_region = [a + r for a, r in zip(lead_region, self.model_powers(rest, background=False), strict=True)]
         return self.target.distance(all_region), self.target.distance(lead_region)
 
 

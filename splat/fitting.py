@@ -274,13 +274,14 @@ def initial_params(
     bounds: Bounds,
     rng: np.random.Generator,
     *,
-    envelope: str,
+    tone_peak_db: float,
 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Physical starting values, each of shape (segments, atoms), noise seeds, and onsets.
 
     Atoms go to the strongest (onset, pitch) seeds of each segment; the rest start
     at random times and pitches, quiet. The onsets (seconds from the region's
-    start, shape (onsets,)) are those the analysis found.
+    start, shape (onsets,)) are those the analysis found. `tone_peak_db` is the
+    peak level of a 0 dB atom with the starting shape (`_tone_peak_db`).
     """
     seg = region.n_segment
     lo = region.start
@@ -309,23 +310,20 @@ def initial_params(
         used[i] += 1
     values["time_s"] = np.minimum(time_s, starts[:, None] + length_s[:, None] * 0.999)
     values["f0_hz"] = f0_hz
-    values["gain_db"] = np.clip(
-        level_db - _tone_peak_db(values, sample_rate, envelope), bounds.gain_db.lo + 1, bounds.gain_db.hi - 1
-    )
+    values["gain_db"] = np.clip(level_db - tone_peak_db, bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
     noise_seeds = rng.integers(0, 2**62, size=shape)
     return values, noise_seeds, onsets_s
 
 
-def _tone_peak_db(values: dict[str, np.ndarray], sample_rate: int, envelope: str) -> float:
-    """Peak level (dB) of the resonance of a 0 dB atom with the shared starting shape."""
+def _tone_peak_db(sample_rate: int, envelope: str) -> float:
+    """Peak level (dB) of the resonance of a 0 dB atom with the starting shape (`START_SHAPE`)."""
     u = torch.arange(int(0.5 * sample_rate), dtype=torch.float64) / sample_rate
     one = torch.ones(1, 1, 1, dtype=torch.float64)
     env = dsp.burst_envelope(
-        u.view(1, 1, -1), one * values["attack_s"].flat[0], one * values["spread_s"].flat[0], shape=envelope
+        u.view(1, 1, -1), one * START_SHAPE["attack_s"], one * START_SHAPE["spread_s"], shape=envelope
     )
-    power = dsp.resonance_power(env**2, one * values["decay_s"].flat[0], step_samples=1, sample_rate=sample_rate)
-    mix = float(values["mix"].flat[0])
-    return 10.0 * math.log10(mix * float(power.max()))
+    power = dsp.resonance_power(env**2, one * START_SHAPE["decay_s"], step_samples=1, sample_rate=sample_rate)
+    return 10.0 * math.log10(START_SHAPE["mix"] * float(power.max()))
 
 
 def _fit_chunk(
@@ -344,10 +342,10 @@ def _fit_chunk(
 ) -> tuple[AtomParams, Tensor, list[float]]:
     device = target.device
     n = target.numel()
+    tone_peak_db = _tone_peak_db(spec.sample_rate, spec.envelope)
     values, noise_seeds, onsets_s = initial_params(
-        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, envelope=spec.envelope
+        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, tone_peak_db=tone_peak_db
     )
-    tone_peak_db = _tone_peak_db(values, spec.sample_rate, spec.envelope)
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
