@@ -21,7 +21,11 @@ from splat.files import write_text_atomic
 from splat.params import FIELDS, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older versions this splat still reads. Version 1 gave the gamma burst the shape
+#: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
+#: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
+READABLE_VERSIONS = (1, FORMAT_VERSION)
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
 SAMPLE_RATE_RANGE = (8000, 192_000)
@@ -167,9 +171,11 @@ class AtomSet:
             raise FormatError("the file must hold a JSON object at the top level")
         if doc.get("format") != FORMAT_NAME:
             raise FormatError(f"format={doc.get('format')!r}; expected {FORMAT_NAME!r} (not a splat atoms file?)")
-        if doc.get("version") != FORMAT_VERSION:
+        version = doc.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
             raise FormatError(
-                f"version={doc.get('version')!r} is not supported; this splat reads version {FORMAT_VERSION}"
+                f"version={version!r} is not supported; this splat reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         sample_rate = _int_field(doc, "sample_rate", *SAMPLE_RATE_RANGE)
         duration_s = _float_field(doc, "duration_s", 1.0 / sample_rate, 24 * 3600.0)
@@ -187,6 +193,8 @@ class AtomSet:
             raise FormatError("atoms must be a list of objects")
         bounds = Bounds.for_sample_rate(sample_rate)
         atoms = [Atom.from_dict(a, index=i, bounds=bounds, duration_s=duration_s) for i, a in enumerate(raw_atoms)]
+        if version == 1 and envelope == "gamma":
+            atoms = [replace(a, spread_s=spread_from_version_1(a.attack_s, a.spread_s, bounds)) for a in atoms]
         return cls(
             atoms=tuple(atoms),
             sample_rate=sample_rate,
@@ -216,6 +224,18 @@ class AtomSet:
         except ValueError as exc:  # e.g. an integer literal beyond Python's digit limit
             raise FormatError(f"{path} is not valid JSON: {exc}") from exc
         return cls.from_dict(doc)
+
+
+def spread_from_version_1(attack_s: float, spread_s: float, bounds: Bounds) -> float:
+    """The version-2 `spread_s` of a version-1 gamma atom: the same envelope.
+
+    Version 1 had k = 1 + (a / s1)^2; version 2 has theta = a / k and
+    s2 = sqrt(k + 1) theta. The result lies within the version-1 ranges except,
+    by a fraction of a percent, next to the lowest spread; it is clamped there.
+    """
+    k = 1.0 + (attack_s / spread_s) ** 2
+    spread = math.sqrt(k + 1.0) * attack_s / k
+    return min(max(spread, bounds.spread_s.lo), bounds.spread_s.hi)
 
 
 def _int_field(doc: dict[str, Any], name: str, lo: int, hi: int) -> int:

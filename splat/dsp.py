@@ -36,12 +36,14 @@ EXP_FLOOR = -80.0
 def burst_envelope(u_s: Tensor, attack_s: Tensor, spread_s: Tensor, *, shape: str) -> Tensor:
     """Amplitude envelope of the excitation burst, peak 1 at u = attack_s, 0 for u < 0.
 
-    gamma:    e(u) = (u/a)^k exp(k (1 - u/a)),  k = 1 + (a / spread)^2
+    gamma:    e(u) = (u/a)^k exp(k (1 - u/a)) = (u/a)^k exp(k - u/theta),  theta = a / k
     gaussian: e(u) = exp(-(u - a)^2 / (2 spread^2))
 
-    For the gamma shape, `spread_s` is the width (standard deviation) of the
-    gaussian that fits the peak, softly capped by the attack time (k >= 1 keeps
-    the tail decaying).
+    For the gamma shape, e is (up to scale) a gamma density of mode a and
+    standard deviation `spread_s` = sqrt(k + 1) theta (`gamma_scale_s` solves
+    for theta). A spread well below the attack gives a peak of that width
+    (k ~ (a / spread)^2); a spread well above it gives a near-instant rise and a
+    tail that falls as exp(-u / spread), as a struck drum or string does.
 
     Args:
         u_s: Time since the onset in seconds, shape (batch, atoms, points).
@@ -55,11 +57,22 @@ def burst_envelope(u_s: Tensor, attack_s: Tensor, spread_s: Tensor, *, shape: st
     return _BurstEnvelope.apply(u_s, attack_s, spread_s, shape == "gaussian")
 
 
+def gamma_scale_s(attack_s: Tensor, spread_s: Tensor) -> Tensor:
+    """Scale theta (s) of the gamma burst of mode `attack_s` and standard deviation `spread_s`.
+
+    Solves a = k theta, s^2 = (k + 1) theta^2 for theta, i.e. theta^2 + a theta - s^2 = 0,
+    written without the cancellation of (sqrt(a^2 + 4 s^2) - a) / 2. Shapes broadcast.
+    """
+    return 2.0 * spread_s**2 / (torch.sqrt(attack_s**2 + 4.0 * spread_s**2) + attack_s)
+
+
 class _BurstEnvelope(torch.autograd.Function):
     """e = exp(L) for u >= 0 (else 0), L clamped at EXP_FLOOR; gradient e dL/d(u, a, s) in closed form.
 
-    gamma, with x = u / a and m = ln x + 1 - x (so L = k m):
-        dL/du = k (1/u - 1/a),  dL/da = 2 a m / s^2 - k (1 - x) / a,  dL/ds = -2 a^2 m / s^3
+    gamma, with x = u / a, m = ln x + 1 - x (so L = k m), k = a / theta = a (r + a) / (2 s^2)
+    and r = sqrt(a^2 + 4 s^2):
+        dk/da = (r + a)^2 / (2 r s^2),  dk/ds = -(a / s) dk/da  (k depends on a / s only)
+        dL/du = k (1/u - 1/a),  dL/da = m dk/da - k (1 - x) / a,  dL/ds = m dk/ds
     gaussian, with z = (u - a) / s (L = -z^2 / 2):
         dL/du = -z / s,  dL/da = z / s,  dL/ds = z^2 / s
     The gradient is zero where e = 0 (before the onset) and where L is clamped.
@@ -71,7 +84,7 @@ class _BurstEnvelope(torch.autograd.Function):
             z = (u_s - attack_s) / spread_s
             log_e = -0.5 * z * z
         else:
-            k = 1.0 + (attack_s / spread_s) ** 2
+            k = attack_s / gamma_scale_s(attack_s, spread_s)
             u = u_s.clamp_min(1e-9)
             x = u / attack_s
             m = torch.log(x) + 1.0 - x
@@ -96,8 +109,10 @@ class _BurstEnvelope(torch.autograd.Function):
         else:
             u, x, m, k = rest
             grad_u = ge * k * (1.0 / u - 1.0 / attack_s)
-            grad_a = ge * (2.0 * attack_s / spread_s**2 * m - k * (1.0 - x) / attack_s)
-            grad_s = ge * (-2.0 * attack_s**2 / spread_s**3 * m)
+            r = torch.sqrt(attack_s**2 + 4.0 * spread_s**2)
+            dk_da = (r + attack_s) ** 2 / (2.0 * r * spread_s**2)
+            grad_a = ge * (dk_da * m - k * (1.0 - x) / attack_s)
+            grad_s = ge * (-(attack_s / spread_s) * dk_da * m)
         return (
             grad_u.sum_to_size(ctx.u_shape),
             grad_a.sum_to_size(attack_s.shape),

@@ -137,11 +137,13 @@ def render_atoms(
 def support_s(params: AtomParams) -> Tensor:
     """Seconds after its onset until an atom is TAIL_DB below its peak, shape (batch, atoms).
 
-    A bound, not an exact value: the burst's tail (gamma shape k >= 1 falls at
-    least as fast as exp(-u / attack_s)) plus the resonance's decay to -TAIL_DB.
+    A bound, not an exact value: the burst's tail plus the resonance's decay to
+    -TAIL_DB. With T = TAIL_DB in nepers, the gamma burst's log-level
+    k (ln x + 1 - x) <= k (1 - x / 2) is below -T from u = 2 a + 2 T theta on
+    (theta <= spread), and the gaussian's from u = a + sqrt(2 T) spread.
     """
     tail_nepers = TAIL_DB / 20.0 * math.log(10.0)
-    burst = params.attack_s * (1.0 + tail_nepers) + 5.0 * params.spread_s
+    burst = 2.0 * params.attack_s + 2.0 * tail_nepers * params.spread_s
     return burst + params.decay_s * (TAIL_DB / 60.0)
 
 

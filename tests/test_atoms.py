@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from splat import dsp
 from splat.atoms import FORMAT_NAME, FORMAT_VERSION, Atom, AtomSet
 from splat.errors import FormatError, SplatError
 from splat.files import atomic_path, write_atomic, write_text_atomic
@@ -105,12 +107,39 @@ def test_save_then_load_gives_an_equal_atom_set(tmp_path):
     assert loaded.atoms[1].noise_seed == 2**62 + 5
 
 
+@pytest.mark.parametrize(("attack_s", "spread_s"), [(0.01, 0.003), (0.008, 0.006), (0.05, 0.2), (0.25, 0.3)])
+def test_a_version_1_gamma_atom_keeps_its_envelope(attack_s, spread_s):
+    # Version 1's gamma burst had k = 1 + (a / s)^2; the loaded atom must give that same curve.
+    atom_set = replace(_atom_set(), envelope="gamma")
+    doc = atom_set.to_dict()
+    doc["version"] = 1
+    doc["atoms"][0].update(attack_s=attack_s, spread_s=spread_s)
+    loaded = AtomSet.from_dict(doc).atoms[0]
+    assert loaded.attack_s == attack_s
+    u = np.linspace(1e-4, 1.0, 2000)
+    k = 1.0 + (attack_s / spread_s) ** 2
+    version_1 = (u / attack_s) ** k * np.exp(k * (1.0 - u / attack_s))
+    env = dsp.burst_envelope(
+        torch.tensor(u).view(1, 1, -1),
+        torch.tensor([[[attack_s]]], dtype=torch.float64),
+        torch.tensor([[[loaded.spread_s]]], dtype=torch.float64),
+        shape="gamma",
+    )[0, 0].numpy()
+    np.testing.assert_allclose(env, np.maximum(version_1, math.exp(dsp.EXP_FLOOR)), rtol=1e-9, atol=0)
+
+
+def test_a_version_1_gaussian_atom_is_read_unchanged():
+    doc = _atom_set().to_dict()  # gaussian envelope: its definition did not change
+    doc["version"] = 1
+    assert AtomSet.from_dict(doc) == _atom_set()
+
+
 def test_the_document_has_the_versioned_layout(tmp_path):
     path = tmp_path / "a.atoms.json"
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 1
+    assert doc["version"] == FORMAT_VERSION == 2
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -271,8 +300,9 @@ def _without(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 DOCUMENT_ERRORS = {
-    "unknown version": (lambda d: _set(d, version=2), r"version=2 is not supported; this splat reads version 1"),
+    "unknown version": (lambda d: _set(d, version=3), r"version=3 is not supported; this splat reads versions 1, 2"),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
+    "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),
     "missing version": (lambda d: _without(d, "version"), r"version=None is not supported"),
     "wrong format name": (lambda d: _set(d, format="splat.atom"), r"format='splat\.atom'; expected 'splat\.atoms'"),
     "missing format": (lambda d: _without(d, "format"), r"format=None; expected 'splat\.atoms'"),

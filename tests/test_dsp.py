@@ -46,8 +46,8 @@ def test_burst_peaks_at_one_at_the_attack_time(shape, attack_s, spread_s):
     assert abs(u[0, 0, peak].item() - attack_s) <= dt
     assert env.max().item() <= 1.0
     # The nearest sample is within dt / 2 of the peak, where the envelope is a gaussian of width
-    # w (spread_s for the gaussian shape, a s / sqrt(a^2 + s^2) <= spread_s for the gamma shape).
-    width = spread_s if shape == "gaussian" else attack_s * spread_s / math.hypot(attack_s, spread_s)
+    # w (spread_s for the gaussian shape, sqrt(a theta) <= spread_s for the gamma shape).
+    width = spread_s if shape == "gaussian" else math.sqrt(attack_s * _gamma_theta(attack_s, spread_s))
     assert env.max().item() >= math.exp(-0.5 * (0.5 * dt / width) ** 2) - 1e-6
     at_attack = dsp.burst_envelope(_col(attack_s), _col(attack_s), _col(spread_s), shape=shape)
     assert at_attack.item() == pytest.approx(1.0, abs=1e-15)
@@ -69,26 +69,58 @@ def test_gaussian_burst_matches_its_formula():
     np.testing.assert_allclose(env, np.maximum(expected, math.exp(-80.0)), rtol=1e-13, atol=0)
 
 
-def test_gamma_burst_matches_its_formula():
-    a, s = 0.02, 0.01
-    k = 1.0 + (a / s) ** 2
+def _gamma_theta(attack_s: float, spread_s: float) -> float:
+    """Scale of the gamma burst: the positive root of theta^2 + a theta - s^2 (numpy's solver)."""
+    return float(max(np.roots([1.0, attack_s, -(spread_s**2)]).real))
+
+
+@pytest.mark.parametrize(("a", "s"), [(0.02, 0.01), (0.002, 0.1), (0.1, 0.3)])
+def test_gamma_burst_matches_its_formula(a, s):
+    k = a / _gamma_theta(a, s)
     u_np = np.linspace(1e-4, 0.3, 3000)
     env = dsp.burst_envelope(_t(u_np).reshape(1, 1, -1), _col(a), _col(s), shape="gamma")[0, 0].numpy()
     expected = (u_np / a) ** k * np.exp(k * (1.0 - u_np / a))
     np.testing.assert_allclose(env, np.maximum(expected, math.exp(-80.0)), rtol=1e-12, atol=0)
 
 
+@pytest.mark.parametrize(("attack_s", "spread_s"), [(0.05, 0.005), (0.02, 0.02), (0.002, 0.05), (0.25, 0.001)])
+def test_gamma_burst_has_standard_deviation_spread(attack_s, spread_s):
+    # Read as a density over u >= 0, the gamma burst has its mode at the attack and the standard
+    # deviation `spread_s`, whatever their ratio (trapezoid integration on a fine grid).
+    theta = _gamma_theta(attack_s, spread_s)
+    u = np.linspace(0.0, attack_s + 60.0 * theta + 20.0 * spread_s, 400_001)
+    env = dsp.burst_envelope(_t(u).reshape(1, 1, -1), _col(attack_s), _col(spread_s), shape="gamma")[0, 0].numpy()
+    mass = np.trapezoid(env, u)
+    mean = np.trapezoid(u * env, u) / mass
+    std = math.sqrt(np.trapezoid((u - mean) ** 2 * env, u) / mass)
+    assert std == pytest.approx(spread_s, rel=1e-4)
+    assert u[np.argmax(env)] == pytest.approx(attack_s, abs=u[1])
+
+
 @pytest.mark.parametrize(("attack_s", "spread_s"), [(0.05, 0.005), (0.02, 0.02), (0.01, 0.05)])
-def test_gamma_peak_curvature_is_that_of_a_gaussian_of_width_spread(attack_s, spread_s):
-    # d^2/du^2 log e at the peak is -k / a^2: a gaussian of width a s / sqrt(a^2 + s^2),
-    # which is ~spread_s when spread_s << attack_s and capped by attack_s otherwise.
+def test_gamma_peak_curvature_is_that_of_a_gaussian_of_width_at_most_spread(attack_s, spread_s):
+    # d^2/du^2 log e at the peak is -k / a^2 = -1 / (a theta): a gaussian of width sqrt(a theta),
+    # which is ~spread_s when spread_s << attack_s (theta ~ s^2 / a) and below it otherwise.
     h = 1e-5 * attack_s
     u = _t([attack_s - h, attack_s, attack_s + h]).reshape(1, 1, 3)
     log_e = torch.log(dsp.burst_envelope(u, _col(attack_s), _col(spread_s), shape="gamma")[0, 0]).numpy()
     curvature = (log_e[0] - 2 * log_e[1] + log_e[2]) / h**2
-    width = attack_s * spread_s / math.hypot(attack_s, spread_s)
+    width = math.sqrt(attack_s * _gamma_theta(attack_s, spread_s))
     assert curvature == pytest.approx(-1.0 / width**2, rel=1e-4)
-    assert width <= min(attack_s, spread_s)
+    assert width <= spread_s
+
+
+def test_gamma_burst_with_a_long_spread_is_a_struck_decay():
+    # Spread far above the attack: the burst is near full level one attack after the onset and
+    # its tail falls as exp(-u / theta) with theta close to the spread (a drum hit, a pluck).
+    a, s = 0.001, 0.1
+    u = _t([a / 2, 0.3, 0.3 + 1e-4]).reshape(1, 1, 3)
+    env = dsp.burst_envelope(u, _col(a), _col(s), shape="gamma")[0, 0].numpy()
+    assert env[0] > 0.99
+    slope = (math.log(env[2]) - math.log(env[1])) / 1e-4
+    k = a / _gamma_theta(a, s)
+    assert slope == pytest.approx(k / 0.3 - 1.0 / _gamma_theta(a, s), rel=1e-3)
+    assert -1.0 / slope == pytest.approx(s, rel=0.02)
 
 
 def test_burst_broadcasts_over_batch_and_atoms():
@@ -418,7 +450,8 @@ def test_burst_envelope_gradient_matches_finite_differences(rng, shape):
     # Times on both sides of the onset; atoms broadcast against one shared time axis.
     u = _t(rng.uniform(-0.02, 0.08, size=(1, 1, 40))).requires_grad_(True)
     attack = _t(rng.uniform(0.002, 0.012, size=(2, 3, 1))).requires_grad_(True)
-    spread = _t(rng.uniform(0.002, 0.012, size=(2, 3, 1))).requires_grad_(True)
+    # Spreads from below the attack (a peaked burst) to far above it (a struck decay).
+    spread = _t(rng.uniform(0.002, 0.05, size=(2, 3, 1))).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda *a: dsp.burst_envelope(*a, shape=shape), (u, attack, spread))
 
 

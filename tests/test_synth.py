@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from splat import synth
+from splat import dsp, synth
 from splat.atoms import Atom, AtomSet
 from splat.params import FIELDS, AtomParams
 
@@ -81,7 +81,8 @@ def _reference(
     if envelope == "gaussian":
         env[after] = np.exp(-((u[after] - a) ** 2) / (2 * s**2))
     else:
-        k = 1.0 + (a / s) ** 2
+        theta = max(np.roots([1.0, a, -(s**2)]).real)  # mode a = k theta, std s = sqrt(k + 1) theta
+        k = a / theta
         x = np.maximum(u[after], 1e-9) / a
         env[after] = np.exp(k * (np.log(x) + 1.0 - x))
     env[after] = np.maximum(env[after], math.exp(-80.0))
@@ -438,3 +439,15 @@ def test_render_atoms_is_differentiable_in_every_field():
     assert bool(torch.isfinite(grad).all())
     for i, name in enumerate(FIELDS):
         assert bool((grad[..., i] != 0).all()), name
+
+
+@pytest.mark.parametrize("envelope", ["gamma", "gaussian"])
+@pytest.mark.parametrize(("attack_s", "spread_s"), [(0.0005, 0.3), (0.25, 0.001), (0.01, 0.01), (0.25, 0.3)])
+def test_support_bounds_the_burst_at_tail_db(envelope, attack_s, spread_s):
+    # Past support_s minus the resonance's share, the burst is already TAIL_DB below its peak of 1.
+    atom = _atom(attack_s=attack_s, spread_s=spread_s)
+    params, _ = _params([atom])
+    burst_s = float(synth.support_s(params)[0, 0]) - atom.decay_s * synth.TAIL_DB / 60.0
+    u = torch.linspace(burst_s, burst_s + 5.0, 20_001, dtype=torch.float64).view(1, 1, -1)
+    env = dsp.burst_envelope(u, params.attack_s[..., None], params.spread_s[..., None], shape=envelope)
+    assert env.max().item() <= 10 ** (-synth.TAIL_DB / 20)
