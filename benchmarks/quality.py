@@ -8,7 +8,7 @@ Methods, each on every 2^15-sample clip of the audio folder:
 
 - ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters`` sets n_iters).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
-- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (140 atoms).
+- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (179 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
 - ``random_phase``: the clip's STFT magnitudes with random phases.
 
@@ -64,6 +64,7 @@ from splat.evaluate import (
 )
 from splat.files import write_text_atomic
 from splat.fitting import FitConfig, fit
+from splat.params import N_FIELDS
 
 CLIP_SAMPLES = 2**15
 METHODS = ("splat", "mp64", "mp_equal", "ltas", "random_phase")
@@ -270,7 +271,7 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         "",
         "Methods: `splat` = `fit()` with `FitConfig()` defaults; `mp64` = Gabor matching pursuit, 64 atoms; "
         f"`mp_equal` = matching pursuit with the numbers of 64 splat atoms ({gabor_atoms_for_splat_budget(64)} atoms "
-        "= floor(64 x 11 / 5)); `ltas` = noise with the clip's long-term spectrum and RMS; `random_phase` = "
+        f"= floor(64 x {N_FIELDS} / 5)); `ltas` = noise with the clip's long-term spectrum and RMS; `random_phase` = "
         "the clip's STFT magnitudes with random phases (RMS matched). Events are atoms within 30 dB of the "
         "loudest; notes are matched within 50 ms and 50 cents, offsets ignored. `run s` is the method's "
         "wall time, `ViSQOL s` the time of one ViSQOL score.",

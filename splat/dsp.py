@@ -6,15 +6,21 @@ as (batch, atoms, 1). Times are in seconds, frequencies in Hz.
 
 The model of one atom, for u = time since its onset (seconds):
 
-    burst(u)     = e(u) * band_noise(u)                       (noise branch)
-    resonance(u) = sqrt(P_res(u)) * sum_k alpha_k cos(2 pi f_k u + phi_k)
+    burst(u)     = e(u) * band_noise(u)                                         (noise branch)
+    resonance(u) = sqrt((1 - s) P_body(u)) * sum_k alpha_k cos(2 pi f_k u + phi_k)    (body)
+                 - sqrt(s P_short(u))     * sum_k beta_k  sin(2 pi f_k u + phi_k)    (short part)
     atom(u)      = g * (sqrt(1 - mix) * burst(u) + sqrt(mix) * resonance(u))
 
-P_res is the mean power that the burst envelope e(u) produces when it drives a
+P_body is the mean power that the burst envelope e(u) produces when it drives a
 resonator of unit energy whose partials all fall by 60 dB in `decay_s`:
-P_res = e^2 * h^2 with h^2(n) = (1 - q) q^n, q = exp(-2 / (tau * sr)),
+P = e^2 * h^2 with h^2(n) = (1 - q) q^n, q = exp(-2 / (tau * sr)),
 tau = decay_s / ln(1000). So the resonance carries the burst's energy, rings
 with the resonator's decay, and `mix` is the share of the atom's energy in it.
+P_short is the same with `short_decay_s`; alpha_k and beta_k follow
+`rolloff_db` and `short_rolloff_db`, and s = `short_share`. The short
+partials are in quadrature with the body's, so partial k's power is exactly
+(1 - s) alpha_k^2 P_body + s beta_k^2 P_short: two separable parts whose sum
+lets the upper partials of a strike fade before the fundamental.
 """
 
 from __future__ import annotations
@@ -135,13 +141,15 @@ def resonance_power(e2: Tensor, decay_s: Tensor, *, step_samples: int, sample_ra
     complex kernel costs three times the forward pass, this costs about one.
 
     Args:
-        e2: Burst power on a grid of `step_samples` samples, shape (batch, atoms, points).
-        decay_s: 60 dB decay time, shape (batch, atoms, 1).
+        e2: Burst power on a grid of `step_samples` samples, shape (..., points).
+        decay_s: 60 dB decay time, shape (..., 1), broadcasting with `e2`: e.g.
+            e2 of shape (batch, atoms, 1, points) and decay_s of shape
+            (batch, atoms, decays, 1) give every decay for one FFT of the burst.
         step_samples: Grid step in samples (1 for audio rate).
         sample_rate: Sample rate in Hz.
 
     Returns:
-        Resonance power on the same grid, shape (batch, atoms, points).
+        Resonance power on the same grid, shape (broadcast of both, points).
     """
     log_q1 = -2.0 * LN_1000 / (decay_s * sample_rate)  # per-sample power decay, as a log
     return _ResonancePower.apply(e2, log_q1, step_samples)
@@ -192,8 +200,10 @@ class _ResonancePower(torch.autograd.Function):
         grad_spec = torch.fft.rfft(grad, n=2 * n)
         grad_e2 = grad_log_q1 = None
         if ctx.needs_input_grad[0]:
-            grad_e2 = torch.fft.irfft(grad_spec * kernel.conj(), n=2 * n)[..., :n]
-            grad_e2 = (grad_e2 - 0.5 * (step - 1) * one_minus_q1 * grad).sum_to_size(e2.shape)
+            # Sum over broadcast axes (several decays of one burst) before the inverse FFT.
+            corr = (grad_spec * kernel.conj()).sum_to_size(*e2.shape[:-1], grad_spec.shape[-1])
+            grad_e2 = torch.fft.irfft(corr, n=2 * n)[..., :n]
+            grad_e2 = grad_e2 - (0.5 * (step - 1) * one_minus_q1 * grad).sum_to_size(e2.shape)
         if ctx.needs_input_grad[1]:
             q1 = 1.0 - one_minus_q1
             cross = torch.fft.irfft(grad_spec * spec.conj(), n=2 * n)[..., :n]

@@ -52,6 +52,11 @@ START_SHAPE = {
     "rolloff_db": 4.0,
     "decay_s": 1.5,
     "mix": 0.85,
+    # The short part starts as a copy of the body (same decay and rolloff), so an atom starts
+    # as a one-part resonance and the fit splits it where the audio asks for it.
+    "short_share": 0.3,
+    "short_decay_s": 1.5,
+    "short_rolloff_db": 4.0,
 }
 #: Fractions of the iterations after which the residual is searched for missed notes
 #: (the first before the sparsity penalty starts, so the new atoms compete on equal terms).
@@ -105,7 +110,7 @@ class FitConfig:
     sparsity: float = 0.05
     prune_db: float = 50.0
     segments_per_chunk: int = 8
-    grid_step: int = 32
+    grid_step: int = 64
     greedy: float = 0.0
 
     def validate(self) -> None:
@@ -322,8 +327,12 @@ def _tone_peak_db(sample_rate: int, envelope: str) -> float:
     env = dsp.burst_envelope(
         u.view(1, 1, -1), one * START_SHAPE["attack_s"], one * START_SHAPE["spread_s"], shape=envelope
     )
-    power = dsp.resonance_power(env**2, one * START_SHAPE["decay_s"], step_samples=1, sample_rate=sample_rate)
-    return 10.0 * math.log10(START_SHAPE["mix"] * float(power.max()))
+    share = START_SHAPE["short_share"]
+    body, short = (
+        dsp.resonance_power(env**2, one * START_SHAPE[name], step_samples=1, sample_rate=sample_rate)
+        for name in ("decay_s", "short_decay_s")
+    )
+    return 10.0 * math.log10(START_SHAPE["mix"] * float(((1.0 - share) * body + share * short).max()))
 
 
 def _fit_chunk(
@@ -618,5 +627,25 @@ def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: fl
         for i, name in enumerate(FIELDS):
             lo, hi = (0.0, duration_s) if name == "time_s" else (bounds.range_of(name).lo, bounds.range_of(name).hi)
             record[name] = float(np.clip(values[s, a, i], lo, hi))
-        out.append(Atom(**record, noise_seed=int(seeds[s, a])))
+        out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a])))
     return out
+
+
+def _short_part_second(record: dict[str, float]) -> dict[str, float]:
+    """The atom with its two resonance parts ordered so that the short part decays first.
+
+    The fit treats the parts alike, so either can end up the shorter one. Swapping
+    them (decays, rolloffs, and the share s -> 1 - s) keeps every partial's power
+    (1 - s) P_body + s P_short, i.e. the expected spectrogram; only the partials'
+    phases move by a quarter period. Then `short_decay_s <= decay_s` in every
+    exported atom, which is what a reader of the JSON expects.
+    """
+    if record["short_decay_s"] <= record["decay_s"]:
+        return record
+    return record | {
+        "decay_s": record["short_decay_s"],
+        "short_decay_s": record["decay_s"],
+        "rolloff_db": record["short_rolloff_db"],
+        "short_rolloff_db": record["rolloff_db"],
+        "short_share": 1.0 - record["short_share"],
+    }

@@ -31,6 +31,9 @@ FIELDS: tuple[str, ...] = (
     "rolloff_db",
     "decay_s",
     "mix",
+    "short_share",
+    "short_decay_s",
+    "short_rolloff_db",
 )
 N_FIELDS = len(FIELDS)
 
@@ -69,6 +72,9 @@ class Bounds:
     rolloff_db: Range = Range(0.1, 60.0, log=True)
     decay_s: Range = Range(0.03, 12.0, log=True)
     mix: Range = Range(0.0, 1.0)
+    short_share: Range = Range(0.0, 1.0)
+    short_decay_s: Range = Range(0.01, 12.0, log=True)
+    short_rolloff_db: Range = Range(0.1, 60.0, log=True)
 
     @classmethod
     def for_sample_rate(cls, sample_rate: int) -> Bounds:
@@ -108,6 +114,9 @@ class AtomParams:
     rolloff_db: Tensor
     decay_s: Tensor
     mix: Tensor
+    short_share: Tensor
+    short_decay_s: Tensor
+    short_rolloff_db: Tensor
 
     def stack(self) -> Tensor:
         """All fields as one tensor of shape (batch, atoms, n_fields), in `FIELDS` order."""

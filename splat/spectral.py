@@ -161,15 +161,19 @@ def branch_powers(
         window_start_s: Start of each segment's window, shape (segments, 1).
 
     Returns:
-        Power, shape (segments, 2 * atoms, n_cells): noise branches, then resonances.
+        Power, shape (segments, 3 * atoms, n_cells): noise branches, then the
+        resonances' bodies, then their short parts.
     """
     u = cell_s + (window_start_s - params.time_s).unsqueeze(-1)  # (segments, atoms, cells)
     env = dsp.burst_envelope(u, params.attack_s.unsqueeze(-1), params.spread_s.unsqueeze(-1), shape=envelope)
     e2 = env * env
-    res = dsp.resonance_power(e2, params.decay_s.unsqueeze(-1), step_samples=grid.step, sample_rate=sample_rate)
+    decays = torch.stack([params.decay_s, params.short_decay_s], dim=1).unsqueeze(-1)  # (segments, 2, atoms, 1)
+    res = dsp.resonance_power(e2.unsqueeze(1), decays, step_samples=grid.step, sample_rate=sample_rate)
     g2 = torch.pow(10.0, params.gain_db / 10.0).unsqueeze(-1)
     mix = params.mix.unsqueeze(-1)
-    return torch.cat([g2 * (1.0 - mix) * e2, g2 * mix * res], dim=1)
+    share = params.short_share.unsqueeze(-1)
+    shares = torch.cat([g2 * (1.0 - mix), g2 * mix * (1.0 - share), g2 * mix * share], dim=1)
+    return shares * torch.cat([e2, res.flatten(1, 2)], dim=1)
 
 
 def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
@@ -239,13 +243,14 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Ten
     scatter-add. Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
 
     Returns:
-        Shape (segments, atoms, n_slots).
+        The bodies' and the short parts' shares, each of shape (segments, atoms, n_slots).
     """
     f0 = params.f0_hz.unsqueeze(-1)
     b = params.inharmonicity.unsqueeze(-1)
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
     n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials)
-    weights = dsp.partial_weights(params.rolloff_db.unsqueeze(-1), k, n_active)  # (segments, atoms, partials)
+    rolloffs = torch.stack([params.rolloff_db, params.short_rolloff_db]).unsqueeze(-1)  # (2, segments, atoms, 1)
+    weights = dsp.partial_weights(rolloffs, k, n_active)  # (2, segments, atoms, partials)
     # Layout (taps, res, segments, atoms, partials): broadcasts run over long contiguous rows.
     bin_hz = plan.bin_hz.reshape(-1, 1, 1, 1)
     position = dsp.partial_frequencies(f0, b, k) / bin_hz  # (res, segments, atoms, partials), in bins
@@ -256,9 +261,15 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Ten
         slot = torch.minimum(slot, plan.last_bin.reshape(-1, 1, 1, 1)).clamp_min(-SPLAT_REACH_BINS)
         row = torch.arange(n_segments * n_atoms, device=f0.device).reshape(n_segments, n_atoms, 1) * plan.n_slots
         index = (slot + plan.first_slot.reshape(-1, 1, 1, 1)).long() + row
-    values = dsp.hann_power_taps(position, plan.taps) * weights
-    out = torch.zeros(n_segments * n_atoms * plan.n_slots, device=f0.device, dtype=values.dtype)
-    return out.scatter_add(0, index.flatten(), values.flatten()).reshape(n_segments, n_atoms, plan.n_slots)
+    taps = dsp.hann_power_taps(position, plan.taps)
+    flat = index.flatten()
+    size = n_segments * n_atoms * plan.n_slots
+    return tuple(
+        torch.zeros(size, device=f0.device, dtype=taps.dtype)
+        .scatter_add(0, flat, (taps * w).flatten())
+        .reshape(n_segments, n_atoms, plan.n_slots)
+        for w in weights
+    )
 
 
 def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_frames: int) -> tuple[Tensor, Tensor]:
@@ -303,11 +314,13 @@ def expected_power(
     sr = plan.sample_rate
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan)
-    tones = plan.split_bins(resonance_spectra(params, plan, n_partials=n_partials))
+    bodies, shorts = (plan.split_bins(t) for t in resonance_spectra(params, plan, n_partials=n_partials))
     n_atoms = params.time_s.shape[1]
     out = []
     for i in range(len(plan.resolutions)):
-        frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 2 atoms)
-        # Noise and resonance branches as two products: no concatenated copy of the spectra.
-        out.append(torch.baddbmm(torch.bmm(frames[..., :n_atoms], noise[i]), frames[..., n_atoms:], tones[i]))
+        frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 3 atoms)
+        # One product per branch (noise, body, short part): no concatenated copy of the spectra.
+        power = torch.bmm(frames[..., :n_atoms], noise[i])
+        power = torch.baddbmm(power, frames[..., n_atoms : 2 * n_atoms], bodies[i])
+        out.append(torch.baddbmm(power, frames[..., 2 * n_atoms :], shorts[i]))
     return out

@@ -114,21 +114,31 @@ def render_atoms(
     inside = (index >= 0) & (index < n_noise)
     burst = env * torch.where(inside, torch.gather(noise, -1, index.clamp(0, n_noise - 1)), torch.zeros_like(u))
 
-    # Resonance branch: expected-power envelope times a bank of fixed-amplitude partials.
-    power = dsp.resonance_power(env * env, p["decay_s"], step_samples=1, sample_rate=sample_rate)
+    # Resonance branch: two expected-power envelopes (body and short part), each times a bank
+    # of fixed-amplitude partials. The short partials are in quadrature with the body's (a
+    # quarter period later), so each partial's power is exactly the sum of the two parts'.
+    e2 = env * env
+    decays = torch.stack([p["decay_s"], p["short_decay_s"]], dim=-2)  # (batch, atoms, 2, 1)
+    body, short = dsp.resonance_power(e2.unsqueeze(-2), decays, step_samples=1, sample_rate=sample_rate).unbind(-2)
     n_active = dsp.n_audible_partials(p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials)
     # Phases in float64: in float32, 2 pi f u loses ~1e-3 rad after a second and
     # the rounding noise would sit only ~50 dB under the partials.
     u64, f0, b = u.double(), p["f0_hz"].double(), p["inharmonicity"].double()
-    carrier = torch.zeros_like(u64)
+    body_carrier, short_carrier = torch.zeros_like(u64), torch.zeros_like(u64)
     # Partials past the audible count have zero weight: stop at the largest count in the batch.
     for k in range(1, int(n_active.max()) + 1 if n_active.numel() else 1):
         kk = torch.tensor(float(k), device=u.device, dtype=torch.float64)
-        amp = torch.sqrt(2.0 * dsp.partial_weights(p["rolloff_db"].double(), kk, n_active.double()))
-        phase = dsp.partial_phases(kk, n_partials=n_partials)
-        carrier = carrier + amp * torch.cos(2.0 * math.pi * dsp.partial_frequencies(f0, b, kk) * u64 + phase)
+        angle = 2.0 * math.pi * dsp.partial_frequencies(f0, b, kk) * u64 + dsp.partial_phases(kk, n_partials=n_partials)
+        body_amp = torch.sqrt(2.0 * dsp.partial_weights(p["rolloff_db"].double(), kk, n_active.double()))
+        short_amp = torch.sqrt(2.0 * dsp.partial_weights(p["short_rolloff_db"].double(), kk, n_active.double()))
+        body_carrier = body_carrier + body_amp * torch.cos(angle)
+        short_carrier = short_carrier - short_amp * torch.sin(angle)
+    share = p["short_share"]
     # Floor at -120 dB: the square root has an infinite slope at 0 (NaN gradients).
-    tone = torch.sqrt(power.clamp_min(1e-12)) * carrier.to(u.dtype) * (u >= 0)
+    tone = (
+        torch.sqrt(((1.0 - share) * body).clamp_min(1e-12)) * body_carrier.to(u.dtype)
+        + torch.sqrt((share * short).clamp_min(1e-12)) * short_carrier.to(u.dtype)
+    ) * (u >= 0)
 
     gain = torch.pow(10.0, p["gain_db"] / 20.0)
     return gain * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
@@ -144,7 +154,7 @@ def support_s(params: AtomParams) -> Tensor:
     """
     tail_nepers = TAIL_DB / 20.0 * math.log(10.0)
     burst = 2.0 * params.attack_s + 2.0 * tail_nepers * params.spread_s
-    return burst + params.decay_s * (TAIL_DB / 60.0)
+    return burst + torch.maximum(params.decay_s, params.short_decay_s) * (TAIL_DB / 60.0)
 
 
 @torch.no_grad()

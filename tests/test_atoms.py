@@ -128,10 +128,26 @@ def test_a_version_1_gamma_atom_keeps_its_envelope(attack_s, spread_s):
     np.testing.assert_allclose(env, np.maximum(version_1, math.exp(dsp.EXP_FLOOR)), rtol=1e-9, atol=0)
 
 
-def test_a_version_1_gaussian_atom_is_read_unchanged():
-    doc = _atom_set().to_dict()  # gaussian envelope: its definition did not change
+def test_a_version_1_atom_is_read_without_a_short_part():
+    # Version 1 had no short part (and the gaussian envelope did not change): a share of 0.
+    doc = _atom_set().to_dict()
     doc["version"] = 1
-    assert AtomSet.from_dict(doc) == _atom_set()
+    for atom in doc["atoms"]:
+        for name in ("short_share", "short_decay_s", "short_rolloff_db"):
+            del atom[name]
+    loaded = AtomSet.from_dict(doc)
+    assert [a.short_share for a in loaded.atoms] == [0.0] * 3
+    assert [replace(a, short_share=0.0) for a in _atom_set().atoms] == [
+        replace(a, short_decay_s=b.short_decay_s, short_rolloff_db=b.short_rolloff_db)
+        for a, b in zip(loaded.atoms, _atom_set().atoms, strict=True)
+    ]
+
+
+def test_a_version_2_atom_must_have_its_short_part():
+    doc = _atom_set().to_dict()
+    del doc["atoms"][1]["short_decay_s"]
+    with pytest.raises(FormatError, match=r"^atoms\[1\]\.short_decay_s is missing$"):
+        AtomSet.from_dict(doc)
 
 
 def test_the_document_has_the_versioned_layout(tmp_path):

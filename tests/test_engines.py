@@ -40,6 +40,9 @@ def _atom(time_s: float, f0_hz: float, gain_db: float, seed: int) -> Atom:
         decay_s=0.5,
         mix=1.0,
         noise_seed=seed,
+        short_share=0.4,
+        short_decay_s=0.08,
+        short_rolloff_db=1.5,
     )
 
 
@@ -76,6 +79,9 @@ def setup():
         ("gain_db", 0, np.linspace(-6.0, 6.0, 9)),
         ("time_s", 2, np.linspace(-0.012, 0.012, 9)),
         ("decay_s", 1, np.log(np.geomspace(0.5, 2.0, 9))),
+        ("short_decay_s", 0, np.log(np.geomspace(0.5, 2.0, 9))),
+        ("short_share", 2, np.log(np.geomspace(0.5, 2.0, 9))),
+        ("short_rolloff_db", 1, np.log(np.geomspace(0.5, 2.0, 9))),
     ],
 )
 def test_both_engines_have_their_minimum_at_the_truth(setup, field, atom, offsets):
@@ -107,7 +113,7 @@ def test_losses_differ_by_the_offset_at_the_truth_plus_at_most_15_percent(setup)
     raw, loss, _ = setup
     offset = float(loss("fast", raw) - loss("reference", raw))
     gen = torch.Generator().manual_seed(0)
-    scale = torch.tensor([0.1, 1, 1, 1, 0, 0, 0.1, 0.5, 1, 1, 0])  # noise fields play no part at mix = 1
+    scale = torch.tensor([0.1, 1, 1, 1, 0, 0, 0.1, 0.5, 1, 1, 0, 1, 1, 1])  # noise fields play no part at mix = 1
     for _ in range(4):
         moved = raw + 0.15 * torch.randn(raw.shape, generator=gen) * scale
         fast, ref = float(loss("fast", moved)), float(loss("reference", moved))

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
+from splat import spectral
 from splat.atoms import Atom, AtomSet
 from splat.engines import ModelSpec, Region
 from splat.errors import AudioError, ParameterError
-from splat.fitting import FitConfig, _split_by_gain, duplicate_atoms, fit, residual_restarts
+from splat.fitting import FitConfig, _export, _split_by_gain, duplicate_atoms, fit, residual_restarts
 from splat.params import FIELDS, AtomParams, Bounds
 from splat.spectral import resolutions_for
 from splat.synth import render_atom_set
@@ -168,6 +169,7 @@ def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
     base = dict(
         attack_s=0.01, spread_s=0.01, noise_center_hz=1000.0, noise_bandwidth_hz=500.0,
         inharmonicity=1e-4, rolloff_db=4.0, decay_s=1.0, mix=0.9,
+        short_share=0.3, short_decay_s=0.2, short_rolloff_db=1.5,
     )  # fmt: skip
     shape = (2, 3)
     fields = {k: torch.full(shape, v) for k, v in base.items()}
@@ -231,3 +233,39 @@ def test_split_by_gain_puts_the_louder_half_of_each_segment_first():
     assert rest.gain_db.tolist() == [[-30.0], [-40.0]]
     # Every field travels with its atom.
     assert lead.f0_hz.tolist() == [[1.0, 2.0], [3.0, 5.0]]
+
+
+def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spectrogram():
+    values = {
+        "time_s": [0.1, 0.3],
+        "gain_db": [-6.0, -10.0],
+        "attack_s": [0.005, 0.01],
+        "spread_s": [0.004, 0.02],
+        "noise_center_hz": [1000.0, 3000.0],
+        "noise_bandwidth_hz": [500.0, 2000.0],
+        "f0_hz": [220.0, 330.0],
+        "inharmonicity": [1e-4, 3e-4],
+        "rolloff_db": [8.0, 3.0],
+        "decay_s": [0.4, 2.0],
+        "mix": [0.9, 0.7],
+        "short_share": [0.7, 0.2],
+        "short_decay_s": [3.0, 0.1],  # the first atom's "short" part is the longer one
+        "short_rolloff_db": [2.0, 6.0],
+    }
+    params = AtomParams(**{k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()})
+    bounds = Bounds.for_sample_rate(22050)
+    first, second = _export(params, torch.tensor([[1, 2]]), bounds, duration_s=1.0)
+    assert (first.decay_s, first.short_decay_s, first.rolloff_db, first.short_rolloff_db) == (3.0, 0.4, 2.0, 8.0)
+    assert first.short_share == pytest.approx(0.3)
+    assert (second.decay_s, second.short_decay_s, second.short_share) == (2.0, 0.1, 0.2)  # already in order
+    exported, _ = AtomSet(atoms=(first, second), sample_rate=22050, duration_s=1.0).to_params()
+    grid = spectral.Grid(n_window=8192, step=64, pad=1024)
+    plan = spectral.Plan(grid, resolutions_for((2048, 512)), sample_rate=22050, device=torch.device("cpu"))
+    plan.time_kernels = [k.double() for k in plan.time_kernels]
+    start = torch.zeros(1, 1, dtype=torch.float64)
+    for before, after in zip(
+        spectral.expected_power(params, start, plan, envelope="gamma", n_partials=16),
+        spectral.expected_power(exported, start, plan, envelope="gamma", n_partials=16),
+        strict=True,
+    ):
+        torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-12 * float(before.max()))

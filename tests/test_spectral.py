@@ -32,6 +32,9 @@ def _params(rng, n_atoms: int = 3) -> AtomParams:
         "rolloff_db": rng.uniform(1, 10, shape),
         "decay_s": rng.uniform(0.1, 1.0, shape),
         "mix": rng.uniform(0.2, 0.8, shape),
+        "short_share": rng.uniform(0.0, 1.0, shape),
+        "short_decay_s": rng.uniform(0.03, 0.3, shape),
+        "short_rolloff_db": rng.uniform(1, 10, shape),
     }
     return AtomParams(**{k: torch.as_tensor(v) for k, v in values.items()})
 
@@ -43,8 +46,9 @@ def test_noise_spectra_sum_to_one_over_each_resolution(rng, plan):
 
 def test_resonance_spectra_sum_to_one_over_each_resolution(rng, plan):
     # Partials stay away from DC and Nyquist (f0 >= 100 Hz, rolloff >= 1 dB), so no share leaks out.
-    for spectrum in plan.split_bins(spectral.resonance_spectra(_params(rng), plan, n_partials=8)):
-        np.testing.assert_allclose(spectrum.sum(-1).numpy(), 1.0, rtol=1e-2)
+    for part in spectral.resonance_spectra(_params(rng), plan, n_partials=8):  # the bodies, then the short parts
+        for spectrum in plan.split_bins(part):
+            np.testing.assert_allclose(spectrum.sum(-1).numpy(), 1.0, rtol=1e-2)
 
 
 def test_noise_band_gradient_matches_finite_differences(rng, plan):

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import scipy.signal
 import torch
 
 from splat import dsp, synth
@@ -34,6 +35,9 @@ def _atom(**changes: float) -> Atom:
         decay_s=0.3,
         mix=0.6,
         noise_seed=7,
+        short_share=0.3,
+        short_decay_s=0.08,
+        short_rolloff_db=1.5,
     )
     values.update(changes)
     return Atom(**values)
@@ -103,26 +107,37 @@ def _reference(
         if 0 <= j < n:
             burst[i] = env[i] * band[j]
 
-    # Resonance power: the one-pole recursion of the burst power (q per sample, -60 dB in decay_s).
-    q = math.exp(-2.0 * math.log(1000.0) / (atom.decay_s * sr))
-    power_res = np.zeros(n_samples)
-    acc = 0.0
-    for i in range(n_samples):
-        acc = q * acc + (1.0 - q) * env[i] ** 2
-        power_res[i] = acc
+    # Resonance powers: the one-pole recursion of the burst power (q per sample, -60 dB in the
+    # decay time), for the body (decay_s) and for the short part (short_decay_s).
+    def one_pole(decay_s: float) -> np.ndarray:
+        q = math.exp(-2.0 * math.log(1000.0) / (decay_s * sr))
+        out, acc = np.zeros(n_samples), 0.0
+        for i in range(n_samples):
+            acc = q * acc + (1.0 - q) * env[i] ** 2
+            out[i] = acc
+        return out
 
-    # Partials: stiff-string frequencies, geometric energy shares over those below Nyquist, Schroeder phases.
-    rho = 10.0 ** (-atom.rolloff_db / 10.0)
+    # Partials: stiff-string frequencies, geometric energy shares over those below Nyquist, Schroeder
+    # phases; the short part's partials lag the body's by a quarter period (-sin instead of cos).
     partials = [(k, k * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * k * k)) for k in range(1, n_partials + 1)]
     audible = [(k, f) for k, f in partials if f < sr / 2]
     n_audible = len(audible)
-    carrier = np.zeros(n_samples)
-    for k, f in audible:
-        share = rho ** (k - 1) * (1.0 - rho) / (1.0 - rho**n_audible)
-        phase = math.pi * k * (k - 1) / n_partials
-        carrier += math.sqrt(2.0 * share) * np.cos(2.0 * math.pi * f * u + phase)
-    # The renderer floors the power at -120 dB (1e-12) before its square root.
-    tone = np.sqrt(np.maximum(power_res, 1e-12)) * carrier * after
+
+    def carrier(rolloff_db: float, wave) -> np.ndarray:
+        rho = 10.0 ** (-rolloff_db / 10.0)
+        out = np.zeros(n_samples)
+        for k, f in audible:
+            share = rho ** (k - 1) * (1.0 - rho) / (1.0 - rho**n_audible)
+            out += math.sqrt(2.0 * share) * wave(2.0 * math.pi * f * u + math.pi * k * (k - 1) / n_partials)
+        return out
+
+    body = (1.0 - atom.short_share) * one_pole(atom.decay_s)
+    fast = atom.short_share * one_pole(atom.short_decay_s)
+    # The renderer floors each power at -120 dB (1e-12) before its square root.
+    tone = (
+        np.sqrt(np.maximum(body, 1e-12)) * carrier(atom.rolloff_db, np.cos)
+        - np.sqrt(np.maximum(fast, 1e-12)) * carrier(atom.short_rolloff_db, np.sin)
+    ) * after
 
     g = 10.0 ** (atom.gain_db / 20.0)
     return g * (math.sqrt(1.0 - atom.mix) * burst + math.sqrt(atom.mix) * tone)
@@ -130,10 +145,28 @@ def _reference(
 
 REFERENCE_ATOMS = [
     _atom(),
-    _atom(time_s=0.05, f0_hz=1234.5, inharmonicity=0.01, rolloff_db=0.5, mix=0.2, noise_seed=123),
-    _atom(time_s=0.0, attack_s=0.002, spread_s=0.05, decay_s=0.05, noise_center_hz=300.0, noise_bandwidth_hz=80.0),
+    _atom(
+        time_s=0.05,
+        f0_hz=1234.5,
+        inharmonicity=0.01,
+        rolloff_db=0.5,
+        mix=0.2,
+        noise_seed=123,
+        short_share=0.6,
+        short_decay_s=0.04,
+        short_rolloff_db=0.2,
+    ),
+    _atom(
+        time_s=0.0,
+        attack_s=0.002,
+        spread_s=0.05,
+        decay_s=0.05,
+        noise_center_hz=300.0,
+        noise_bandwidth_hz=80.0,
+        short_share=0.0,  # as every version-1 atom
+    ),
 ]
-REFERENCE_IDS = ["mid", "bright-inharmonic", "onset-at-zero"]
+REFERENCE_IDS = ["mid", "short-part-inharmonic", "onset-at-zero"]
 
 
 def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarray) -> None:
@@ -451,3 +484,16 @@ def test_support_bounds_the_burst_at_tail_db(envelope, attack_s, spread_s):
     u = torch.linspace(burst_s, burst_s + 5.0, 20_001, dtype=torch.float64).view(1, 1, -1)
     env = dsp.burst_envelope(u, params.attack_s[..., None], params.spread_s[..., None], shape=envelope)
     assert env.max().item() <= 10 ** (-synth.TAIL_DB / 20)
+
+
+def test_the_short_part_adds_power_not_amplitude():
+    # With the body's decay and rolloff, a short part in quadrature leaves each partial's envelope
+    # as it was: sqrt(1 - s) cos + sqrt(s) (-sin) has the amplitude of cos for any share s.
+    n = round(0.4 * SAMPLE_RATE)
+    shape = dict(mix=1.0, short_decay_s=0.3, short_rolloff_db=4.0, f0_hz=440.0)
+    plain = _render([_atom(short_share=0.0, **shape)], n_samples=n, n_partials=1)[0]
+    split = _render([_atom(short_share=0.5, **shape)], n_samples=n, n_partials=1)[0]
+    after_onset = slice(round(0.13 * SAMPLE_RATE), round(0.3 * SAMPLE_RATE))  # onset at 0.1 s; no Hilbert edges
+    envelope = [np.abs(scipy.signal.hilbert(x))[after_onset] for x in (plain, split)]
+    np.testing.assert_allclose(envelope[1], envelope[0], rtol=1e-3)
+    assert np.max(np.abs(split - plain)) > 0.1 * np.max(np.abs(plain))  # the phase did move
