@@ -25,9 +25,8 @@ FORMAT_VERSION = 2
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
+#: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
 READABLE_VERSIONS = (1, FORMAT_VERSION)
-#: Short-part fields given to version-1 atoms (which have none).
-VERSION_1_SHORT = {"short_share": 0.0, "short_decay_s": 0.3, "short_rolloff_db": 1.0}
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
 SAMPLE_RATE_RANGE = (8000, 192_000)
@@ -49,6 +48,7 @@ class Atom:
     decay_s: float
     mix: float
     noise_seed: int
+    # Defaults: no short part (as in format version 1); its decay and rolloff then play no part.
     short_share: float = 0.0
     short_decay_s: float = 0.3
     short_rolloff_db: float = 1.0
@@ -197,8 +197,9 @@ class AtomSet:
         if not isinstance(raw_atoms, list):
             raise FormatError("atoms must be a list of objects")
         bounds = Bounds.for_sample_rate(sample_rate)
-        if version == 1:  # no short part yet: a share of 0 renders exactly the version-1 atom
-            raw_atoms = [{**VERSION_1_SHORT, **a} if isinstance(a, dict) else a for a in raw_atoms]
+        if version == 1:  # no short part yet: with a share of 0 the atom renders as in version 1
+            no_short_part = {f.name: f.default for f in fields(Atom) if f.name.startswith("short_")}
+            raw_atoms = [{**no_short_part, **a} if isinstance(a, dict) else a for a in raw_atoms]
         atoms = [Atom.from_dict(a, index=i, bounds=bounds, duration_s=duration_s) for i, a in enumerate(raw_atoms)]
         if version == 1 and envelope == "gamma":
             atoms = [replace(a, spread_s=spread_from_version_1(a.attack_s, a.spread_s, bounds)) for a in atoms]

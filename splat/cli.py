@@ -342,7 +342,7 @@ def info_command(
             f"{atoms_json}: {len(atom_set.atoms)} atoms, {atom_set.sample_rate} Hz, {atom_set.duration_s:.3f} s, "
             f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials",
         )
-        table = Table(caption="mix: 0 = noise burst only, 1 = tone only")
+        table = Table(caption="mix: 0 = noise burst only, 1 = tone only; short_share: tone share ringing short_decay_s")
         table.add_column("#", justify="right")
         for name in FIELDS:
             table.add_column(_column_label(name), justify="right")

@@ -1,20 +1,21 @@
 """The fast engine: each atom's expected power spectrogram, "splatted" without any FFT.
 
 Noise-driven atoms have power spectrograms that add in expectation, and each
-branch of an atom (noise burst, resonance) is separable into (power in each
-frame) x (share of that power in each bin). So the expected spectrogram of a
+branch of an atom (noise burst, resonance body, resonance short part) is
+separable into (power in each frame) x (share of that power in each bin). So the expected spectrogram of a
 segment at one STFT resolution is a matrix product:
 
     E[|X|^2](frame, bin) = N/2 * sum_branches  P(branch, frame) * psi(branch, bin)
 
 - P: each branch's power on a coarse time grid (closed-form burst envelope;
-  the resonance's decay applied in closed form by `dsp.resonance_power`),
+  the resonance parts' decays applied in closed form by `dsp.resonance_power`),
   weighted by the squared analysis window (a strided window sum per resolution).
 - psi, noise: the gaussian band widened by the window's own spectral spread
   (variances add), normalised in closed form with erf.
-- psi, resonance: every partial is splatted onto the few bins around it with
-  the Hann window's closed-form power kernel (`dsp.hann_power_taps`), for
-  all resolutions at once, into one bin axis that holds every resolution's
+- psi, resonance parts: every partial is splatted onto the few bins around it
+  with the Hann window's closed-form power kernel (`dsp.hann_power_taps`), for
+  all resolutions at once (the body and the short part differ only in the
+  partials' weights), into one bin axis that holds every resolution's
   bins side by side (a single scatter-add).
 
 Shapes: parameters (segments, atoms); spectrograms (segments, frames, bins).
@@ -153,7 +154,7 @@ class Plan:
 def branch_powers(
     params: AtomParams, cell_s: Tensor, window_start_s: Tensor, *, grid: Grid, sample_rate: int, envelope: str
 ) -> Tensor:
-    """Power of both branches of every atom on the grid.
+    """Power of the three branches of every atom on the grid.
 
     Args:
         params: Physical parameters, shape (segments, atoms).
@@ -235,12 +236,13 @@ class _GaussianBands(torch.autograd.Function):
         return (grad_centre, grad_inv_sigma, grad_scale) + (None,) * len(grads)
 
 
-def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> Tensor:
-    """Share of each resonance's power per bin, every resolution's bins summing to ~1.
+def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tuple[Tensor, Tensor]:
+    """Share of each resonance part's power per bin, every resolution's bins summing to ~1.
 
     Each partial k (weight c_k, frequency f_k) adds c_k * kernel(b - f_k / bin_hz)
     to the 2 * SPLAT_REACH_BINS bins b around it, at every resolution, in one
-    scatter-add. Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
+    scatter-add per part (the parts differ only in c_k, from their rolloffs).
+    Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
 
     Returns:
         The bodies' and the short parts' shares, each of shape (segments, atoms, n_slots).

@@ -147,8 +147,8 @@ def render_atoms(
 def support_s(params: AtomParams) -> Tensor:
     """Seconds after its onset until an atom is TAIL_DB below its peak, shape (batch, atoms).
 
-    A bound, not an exact value: the burst's tail plus the resonance's decay to
-    -TAIL_DB. With T = TAIL_DB in nepers, the gamma burst's log-level
+    A bound, not an exact value: the burst's tail plus the longer of the
+    resonance's two decays to -TAIL_DB. With T = TAIL_DB in nepers, the gamma burst's log-level
     k (ln x + 1 - x) <= k (1 - x / 2) is below -T from u = 2 a + 2 T theta on
     (theta <= spread), and the gaussian's from u = a + sqrt(2 T) spread.
     """
