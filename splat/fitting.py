@@ -327,11 +327,11 @@ def _tone_peak_db(sample_rate: int, envelope: str) -> float:
     env = dsp.burst_envelope(
         u.view(1, 1, -1), one * START_SHAPE["attack_s"], one * START_SHAPE["spread_s"], shape=envelope
     )
+    decays = torch.tensor([START_SHAPE["decay_s"], START_SHAPE["short_decay_s"]], dtype=torch.float64)
+    body, short = dsp.resonance_power(
+        env.unsqueeze(-2) ** 2, decays.view(1, 1, 2, 1), step_samples=1, sample_rate=sample_rate
+    ).unbind(-2)
     share = START_SHAPE["short_share"]
-    body, short = (
-        dsp.resonance_power(env**2, one * START_SHAPE[name], step_samples=1, sample_rate=sample_rate)
-        for name in ("decay_s", "short_decay_s")
-    )
     return 10.0 * math.log10(START_SHAPE["mix"] * float(((1.0 - share) * body + share * short).max()))
 
 

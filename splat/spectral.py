@@ -2,8 +2,9 @@
 
 Noise-driven atoms have power spectrograms that add in expectation, and each
 branch of an atom (noise burst, resonance body, resonance short part) is
-separable into (power in each frame) x (share of that power in each bin). So the expected spectrogram of a
-segment at one STFT resolution is a matrix product:
+separable into (power in each frame) x (share of that power in each bin). So
+the expected spectrogram of a segment at one STFT resolution is a matrix
+product:
 
     E[|X|^2](frame, bin) = N/2 * sum_branches  P(branch, frame) * psi(branch, bin)
 
