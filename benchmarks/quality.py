@@ -6,7 +6,8 @@
 
 Methods, each on every 2^15-sample clip of the audio folder:
 
-- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters`` sets n_iters).
+- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed`` and ``--floor`` change
+  n_iters, seed and noise_floor).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
 - ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (179 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
@@ -92,10 +93,9 @@ def _mp_output(result: MatchingPursuitResult) -> MethodOutput:
     return MethodOutput(result.audio, events, len(result.atoms))
 
 
-def run_method(method: str, audio: np.ndarray, sample_rate: int, *, n_iters: int | None) -> MethodOutput:
-    """Reconstruct `audio` (shape (samples,)) with one method."""
+def run_method(method: str, audio: np.ndarray, sample_rate: int, *, config: FitConfig) -> MethodOutput:
+    """Reconstruct `audio` (shape (samples,)) with one method; `config` is splat's."""
     if method == "splat":
-        config = FitConfig() if n_iters is None else replace(FitConfig(), n_iters=n_iters)
         result = fit(audio, sample_rate, config, callback=None)
         return MethodOutput(
             result.reconstruction.astype(np.float32),
@@ -308,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clips", nargs="+", help="clip names (without .wav), space or comma separated")
     parser.add_argument("--methods", nargs="+", help=f"methods among {', '.join(METHODS)}")
     parser.add_argument("--iters", type=int, help="splat optimiser steps (FitConfig.n_iters; default: its default)")
+    parser.add_argument("--seed", type=int, default=FitConfig().seed, help="splat's seed (FitConfig.seed)")
+    parser.add_argument("--floor", action="store_true", help="fit splat with its noise floor (FitConfig.noise_floor)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality.md")
     parser.add_argument("--skip-done", action="store_true", help="keep stored results instead of recomputing them")
     parser.add_argument("--no-visqol", action="store_true", help="skip ViSQOL")
@@ -326,6 +328,12 @@ def main(argv: list[str] | None = None) -> int:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
+    config = replace(FitConfig(), seed=args.seed, noise_floor=args.floor)
+    if args.iters is not None:
+        config = replace(config, n_iters=args.iters)
+    settings = f"n_iters={config.n_iters}"
+    settings += f", seed={config.seed}" if config.seed != FitConfig().seed else ""
+    settings += ", noise_floor=True" if config.noise_floor else ""
     store = args.out.with_suffix(".json")
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])
@@ -340,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.skip_done and key in results:
                 continue
             start = time.perf_counter()
-            output = run_method(method, audio, sample_rate, n_iters=args.iters)
+            output = run_method(method, audio, sample_rate, config=config)
             seconds = time.perf_counter() - start
             metrics = score(audio, output, sample_rate, truth, with_visqol=not args.no_visqol)
             results[key] = {
@@ -350,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seconds": seconds,
                 "command": command,
                 "date": datetime.date.today().isoformat(),
-                "settings": f"n_iters={args.iters or FitConfig().n_iters}" if method == "splat" else "",
+                "settings": settings if method == "splat" else "",
             }
             if output.atom_set is not None:
                 output.atom_set.save(atoms_dir / f"{clip}.atoms.json")

@@ -2,7 +2,8 @@
 
 The JSON file alone is enough to render: it holds the sample rate, the length,
 the level the input was normalised by, the model settings (envelope shape,
-number of partials) and every atom in physical units. It is versioned and fully
+number of partials), every atom in physical units and each segment's noise
+floor (`splat.floor`). It is versioned and fully
 validated on load; see the README for the field table.
 """
 
@@ -16,17 +17,19 @@ from typing import Any
 
 import torch
 
+from splat import floor
 from splat.errors import FormatError
 from splat.files import write_text_atomic
-from splat.params import FIELDS, AtomParams, Bounds
+from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
-READABLE_VERSIONS = (1, FORMAT_VERSION)
+#: Versions 1 and 2 had no noise floor.
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
 SAMPLE_RATE_RANGE = (8000, 192_000)
@@ -61,12 +64,7 @@ class Atom:
             FormatError: naming the atom index and the field that is wrong.
         """
         where = f"atoms[{index}]"
-        if not isinstance(data, dict):
-            raise FormatError(f"{where} must be an object, got {type(data).__name__}")
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise FormatError(f"{where} has unknown field(s) {unknown}; valid fields: {', '.join(names)}")
+        names = _record_fields(data, cls, where)
         values: dict[str, Any] = {}
         for name in names:
             if name not in data:
@@ -87,6 +85,63 @@ class Atom:
                 raise FormatError(f"{where}.{name}={value:g} is out of range [{lo:g}, {hi:g}]")
             values[name] = value
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class FloorSegment:
+    """One segment's noise floor: a stationary noise in [start_s, end_s) (see `splat.floor`).
+
+    `level_db` holds one level per band of `splat.floor.band_centres_hz`: the
+    band's variance per sample in dB, in the normalised units of `gain_db`.
+    """
+
+    start_s: float
+    end_s: float
+    level_db: tuple[float, ...]
+    noise_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start_s": self.start_s,
+            "end_s": self.end_s,
+            "level_db": list(self.level_db),
+            "noise_seed": self.noise_seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any, *, index: int, duration_s: float) -> FloorSegment:
+        """Validate one JSON floor segment.
+
+        Raises:
+            FormatError: naming the segment index and the field that is wrong.
+        """
+        where = f"noise_floor.segments[{index}]"
+        _record_fields(data, cls, where)
+        start_s = _float_field(data, "start_s", 0.0, duration_s, where=where)
+        end_s = _float_field(data, "end_s", 0.0, duration_s, where=where)
+        if end_s <= start_s:
+            raise FormatError(f"{where}.end_s={end_s:g} must be after start_s={start_s:g}")
+        levels = data.get("level_db")
+        if not isinstance(levels, list) or len(levels) != floor.N_BANDS:
+            raise FormatError(f"{where}.level_db must be a list of {floor.N_BANDS} numbers (one per band)")
+        lo, hi = FLOOR_LEVEL_DB.lo, FLOOR_LEVEL_DB.hi
+        level_db = tuple(_checked_float(v, f"{where}.level_db[{b}]", lo, hi) for b, v in enumerate(levels))
+        return cls(start_s, end_s, level_db, _int_field(data, "noise_seed", 0, 2**63 - 1, where=where))
+
+
+def _record_fields(data: Any, cls: type, where: str) -> list[str]:
+    """The field names of dataclass `cls`, after checking that `data` is an object with no others.
+
+    Raises:
+        FormatError: naming `where` if `data` is not an object or has unknown fields.
+    """
+    if not isinstance(data, dict):
+        raise FormatError(f"{where} must be an object, got {type(data).__name__}")
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(set(data) - set(names))
+    if unknown:
+        raise FormatError(f"{where} has unknown field(s) {unknown}; valid fields: {', '.join(names)}")
+    return names
 
 
 def _as_float(value: int | float, where: str) -> float:
@@ -115,6 +170,7 @@ class AtomSet:
         n_partials: Maximum number of partials per atom (those above Nyquist are silent).
         seed: Seed of the fit that produced the atoms (provenance).
         config: The fit configuration (provenance; not needed to render).
+        floor: Each segment's noise floor, sorted by `start_s` (empty: no floor).
     """
 
     atoms: tuple[Atom, ...]
@@ -125,6 +181,7 @@ class AtomSet:
     n_partials: int = 64
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
+    floor: tuple[FloorSegment, ...] = ()
 
     @property
     def n_samples(self) -> int:
@@ -157,6 +214,10 @@ class AtomSet:
             "n_partials": self.n_partials,
             "seed": self.seed,
             "config": self.config,
+            "noise_floor": {
+                "band_hz": [round(f, 2) for f in floor.band_centres_hz(self.sample_rate)],
+                "segments": [f.to_dict() for f in self.floor],
+            },
             "atoms": [asdict(a) for a in self.atoms],
         }
 
@@ -203,6 +264,7 @@ class AtomSet:
         atoms = [Atom.from_dict(a, index=i, bounds=bounds, duration_s=duration_s) for i, a in enumerate(raw_atoms)]
         if version == 1 and envelope == "gamma":
             atoms = [replace(a, spread_s=spread_from_version_1(a.attack_s, a.spread_s, bounds)) for a in atoms]
+        floor_segments = _floor_segments(doc, sample_rate, duration_s) if version >= 3 else ()
         return cls(
             atoms=tuple(atoms),
             sample_rate=sample_rate,
@@ -212,6 +274,7 @@ class AtomSet:
             n_partials=n_partials,
             seed=seed,
             config=config,
+            floor=floor_segments,
         )
 
     @classmethod
@@ -246,19 +309,51 @@ def spread_from_version_1(attack_s: float, spread_s: float, bounds: Bounds) -> f
     return min(max(spread, bounds.spread_s.lo), bounds.spread_s.hi)
 
 
-def _int_field(doc: dict[str, Any], name: str, lo: int, hi: int) -> int:
+def _floor_segments(doc: dict[str, Any], sample_rate: int, duration_s: float) -> tuple[FloorSegment, ...]:
+    """The `noise_floor` object of a version-3 document (absent: no floor)."""
+    section = doc.get("noise_floor", {"segments": []})
+    if not isinstance(section, dict) or not isinstance(section.get("segments"), list):
+        raise FormatError("noise_floor must be an object with a list of segments")
+    bands = section.get("band_hz")
+    expected = floor.band_centres_hz(sample_rate)
+    if bands is not None and not _same_bands(bands, expected):
+        raise FormatError(
+            f"noise_floor.band_hz must be the {len(expected)} fixed band centres for {sample_rate} Hz "
+            "(edit level_db instead)"
+        )
+    segments = [
+        FloorSegment.from_dict(item, index=i, duration_s=duration_s) for i, item in enumerate(section["segments"])
+    ]
+    return tuple(sorted(segments, key=lambda f: f.start_s))
+
+
+def _same_bands(bands: Any, expected: list[float]) -> bool:
+    """Whether `bands` lists the `expected` centres (as written: rounded to 0.01 Hz)."""
+    if not isinstance(bands, list) or len(bands) != len(expected):
+        return False
+    return all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) and abs(b - e) <= 0.01 + 1e-6 * e
+        for b, e in zip(bands, expected, strict=True)
+    )
+
+
+def _int_field(doc: dict[str, Any], name: str, lo: int, hi: int, *, where: str = "") -> int:
+    label = f"{where}.{name}" if where else name
     value = doc.get(name)
     if isinstance(value, bool) or not isinstance(value, int):
-        raise FormatError(f"{name}={value!r} must be an integer")
+        raise FormatError(f"{label}={value!r} must be an integer")
     if not lo <= value <= hi:
-        raise FormatError(f"{name}={value} is out of range [{lo}, {hi}]")
+        raise FormatError(f"{label}={value} is out of range [{lo}, {hi}]")
     return value
 
 
-def _float_field(doc: dict[str, Any], name: str, lo: float, hi: float) -> float:
-    value = doc.get(name)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value, name)):
-        raise FormatError(f"{name}={value!r} must be a finite number")
+def _float_field(doc: dict[str, Any], name: str, lo: float, hi: float, *, where: str = "") -> float:
+    return _checked_float(doc.get(name), f"{where}.{name}" if where else name, lo, hi)
+
+
+def _checked_float(value: Any, label: str, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(_as_float(value, label)):
+        raise FormatError(f"{label}={value!r} must be a finite number")
     if not lo <= value <= hi:
-        raise FormatError(f"{name}={value:g} is out of range [{lo:g}, {hi:g}]")
+        raise FormatError(f"{label}={value:g} is out of range [{lo:g}, {hi:g}]")
     return float(value)

@@ -7,6 +7,7 @@ outputs atomically, so a failed run leaves no file behind.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as installed_version
@@ -35,6 +36,7 @@ from splat.errors import SplatError
 from splat.evaluate import evaluate_pair
 from splat.files import atomic_path
 from splat.fitting import FitConfig, FitProgress, fit
+from splat.floor import band_centres_hz as floor_band_centres_hz
 from splat.params import FIELDS
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
@@ -229,6 +231,14 @@ def fit_command(
             " must explain the audio; 0 = the plain loss. Fast engine only.",
         ),
     ] = _FIT_DEFAULTS.greedy,
+    noise_floor: Annotated[
+        bool,
+        typer.Option(
+            "--floor/--no-floor",
+            help="Fit a stationary noise floor per segment (24 bands, levels in dB) under the atoms, for hiss,"
+            " room and dense-mix wash that no atom should hold.",
+        ),
+    ] = _FIT_DEFAULTS.noise_floor,
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -276,6 +286,7 @@ def fit_command(
             engine=engine,
             envelope=envelope,
             greedy=greedy,
+            noise_floor=noise_floor,
             segment_s=segment_s,
             sample_rate=sample_rate,
         )
@@ -342,6 +353,8 @@ def info_command(
             f"{atoms_json}: {len(atom_set.atoms)} atoms, {atom_set.sample_rate} Hz, {atom_set.duration_s:.3f} s, "
             f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials",
         )
+        if atom_set.floor:
+            _say(console, _floor_summary(atom_set))
         table = Table(caption="mix: 0 = noise burst only, 1 = tone only; short_share: tone share ringing short_decay_s")
         table.add_column("#", justify="right")
         for name in FIELDS:
@@ -350,6 +363,17 @@ def info_command(
             values = [f"{atom.time_s:.3f}"] + [f"{getattr(atom, name):.4g}" for name in FIELDS[1:]]
             table.add_row(str(index), *values)
         _print_table(console, table)
+
+
+def _floor_summary(atom_set: AtomSet) -> str:
+    """One line on the noise floor: its segments' total levels and where it is loudest."""
+    totals = [10.0 * math.log10(sum(10.0 ** (v / 10.0) for v in f.level_db)) for f in atom_set.floor]
+    loudest = max(atom_set.floor, key=lambda f: max(f.level_db))
+    band = loudest.level_db.index(max(loudest.level_db))
+    return (
+        f"noise floor: {len(atom_set.floor)} segment(s), total level {min(totals):.1f} to {max(totals):.1f} dB, "
+        f"loudest band {floor_band_centres_hz(atom_set.sample_rate)[band]:.0f} Hz at {loudest.start_s:.2f} s"
+    )
 
 
 @app.command("eval")

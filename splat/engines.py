@@ -7,7 +7,9 @@
 
 An engine is built once per chunk of segments (a *region* of the file, which
 may begin with the tails of atoms fitted earlier: the *background*) and maps
-`AtomParams` of shape (segments, atoms) to the scalar distance.
+`AtomParams` of shape (segments, atoms), plus optionally each segment's
+noise-floor levels (shape (segments, bands), see `splat.floor`), to the
+scalar distance.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from splat import loss, spectral, synth
+from splat import floor, loss, spectral, synth
 from splat.params import AtomParams
 
 
@@ -64,7 +66,7 @@ class FastEngine:
         region: Region,
         spec: ModelSpec,
         *,
-        background: tuple[AtomParams, Tensor] | None = None,
+        background: tuple[AtomParams, Tensor | None, Tensor] | None = None,
     ) -> None:
         """Prepare everything that does not depend on the parameters.
 
@@ -72,9 +74,10 @@ class FastEngine:
             target: Normalised audio of the whole file, shape (samples,).
             region: The chunk to fit.
             spec: Model settings.
-            background: Earlier atoms (params of shape (segments, atoms), their
-                segment starts in samples, shape (segments,)) whose tails reach
-                into the region, or None.
+            background: Earlier segments whose tails reach into the region: their
+                atoms (params of shape (segments, atoms)), floor levels (shape
+                (segments, bands), or None) and starts in samples (shape (segments,));
+                or None.
         """
         device = target.device
         self.spec = spec
@@ -85,15 +88,18 @@ class FastEngine:
         self.plan = spectral.Plan(self.grid, spec.resolutions, sample_rate=spec.sample_rate, device=device)
         self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
         starts = torch.tensor(region.segment_starts, device=device)
+        self.n_file = target.numel()
         self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
+        self.floor_at = self._floor_frames(starts)
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
         # One window that is exactly the region: its frames are the region's frames.
         self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
         self.background = [torch.zeros_like(t) for t in self.target.magnitudes]
         if background is not None:
             with torch.no_grad():
-                params, bg_starts = background
-                powers = self._powers(params, (bg_starts.float() / spec.sample_rate).unsqueeze(-1))
+                params, floor_db, bg_starts = background
+                window_start_s = (bg_starts.float() / spec.sample_rate).unsqueeze(-1)
+                powers = self._powers(params, floor_db, window_start_s, self._floor_frames(bg_starts))
                 for i, res in enumerate(spec.resolutions):
                     src, dst = self._indices(bg_starts, res)
                     self.background[i] = self._place(powers[i], src, dst, i)
@@ -106,17 +112,31 @@ class FastEngine:
         flat = windows.reshape(-1, windows.shape[-1])
         return torch.zeros_like(self.target.magnitudes[i]).index_add(0, dst, flat[src])
 
-    def _powers(self, params: AtomParams, window_start_s: Tensor) -> list[Tensor]:
+    def _floor_frames(self, starts: Tensor) -> list[Tensor]:
+        spans = spectral.FloorSpans.for_segments(starts, self.region.n_segment, self.n_file, self.spec.sample_rate)
+        return spectral.floor_frames(spans, (starts.float() / self.spec.sample_rate).unsqueeze(-1), self.plan)
+
+    def _powers(
+        self, params: AtomParams, floor_db: Tensor | None, window_start_s: Tensor, floor_at: list[Tensor]
+    ) -> list[Tensor]:
         return spectral.expected_power(
-            params, window_start_s, self.plan, envelope=self.spec.envelope, n_partials=self.spec.n_partials
+            params,
+            window_start_s,
+            self.plan,
+            envelope=self.spec.envelope,
+            n_partials=self.spec.n_partials,
+            floor_db=floor_db,
+            floor_at=floor_at,
         )
 
-    def model_powers(self, params: AtomParams, *, background: bool = True) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, *, background: bool = True
+    ) -> list[Tensor]:
         """Expected power spectrogram of the region per resolution, shape (frames, bins).
 
-        With `background=False`, only these atoms (without earlier atoms' tails).
+        With `background=False`, only these atoms and floors (without earlier segments' tails).
         """
-        powers = self._powers(params, self.window_start_s)
+        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
         if self.direct:  # no background in the direct case
             return [p[0] for p in powers]
         placed = [
@@ -124,17 +144,19 @@ class FastEngine:
         ]
         return [p + b for p, b in zip(placed, self.background, strict=True)] if background else placed
 
-    def __call__(self, params: AtomParams) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params))
+        return self.target.distance(self.model_powers(params, floor_db))
 
-    def lead_distances(self, lead: AtomParams, rest: AtomParams) -> tuple[Tensor, Tensor]:
-        """Distances of all atoms and of the `lead` atoms alone (with the background), as scalars.
+    def lead_distances(
+        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Distances of all atoms and of the `lead` atoms alone (with the floor and background), as scalars.
 
         The spectrogram is linear in the atoms, so the full model is the lead
         atoms' spectrogram plus the rest's: both distances for about the price of one.
         """
-        lead_region = self.model_powers(lead)
+        lead_region = self.model_powers(lead, floor_db)
         all_region = [a + r for a, r in zip(lead_region, self.model_powers(rest, background=False), strict=True)]
         return self.target.distance(all_region), self.target.distance(lead_region)
 
@@ -149,6 +171,7 @@ class ReferenceEngine:
         spec: ModelSpec,
         *,
         noise_seeds: Tensor,
+        floor_seeds: Tensor | None = None,
         background_audio: Tensor | None = None,
         atoms_per_group: int = 8,
     ) -> None:
@@ -157,17 +180,28 @@ class ReferenceEngine:
         region: The chunk to fit.
         spec: Model settings.
         noise_seeds: Seeds of the atoms to fit, shape (segments, atoms).
-        background_audio: Earlier atoms rendered over the whole file, shape (samples,), or None.
+        floor_seeds: Seeds of the segments' noise floors, shape (segments,), or None (no floor).
+        background_audio: Earlier segments rendered over the whole file, shape (samples,), or None.
         atoms_per_group: Atoms rendered per checkpointed group (bounds memory).
         """
         self.spec = spec
         self.region = region
+        self.n_file = target.numel()
         self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
         self.first = region.start - spec.pad  # sample of the rendered context's start
         self.n_context = region.n_samples + 2 * spec.pad
         n_noise = synth.noise_length(spec.sample_rate)
         flat = synth.white_noise(noise_seeds.flatten().cpu(), n_samples=n_noise, device=target.device)
         self.white = flat.reshape(1, -1, n_noise)
+        # Each segment's floor over its own support, exactly as `synth.render_atom_set` renders it.
+        self.floors: list[tuple[int, int, float, float, Tensor]] = []
+        if floor_seeds is not None:
+            n_file, sr = target.numel(), spec.sample_rate
+            for start, seed in zip(region.segment_starts, floor_seeds.tolist(), strict=True):
+                start_s, end_s = start / sr, min(start + region.n_segment, n_file) / sr
+                lo, hi = floor.support(start_s, end_s, sample_rate=sr, n_samples=n_file)
+                white = synth.white_noise(torch.tensor([seed]), n_samples=hi - lo, device=target.device)[0]
+                self.floors.append((lo, hi, start_s, end_s, white))
         self.background = None
         if background_audio is not None:
             lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())
@@ -189,7 +223,7 @@ class ReferenceEngine:
         )
         return audio.sum(dim=(0, 1))
 
-    def render(self, params: AtomParams) -> Tensor:
+    def render(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
         """The region's audio with context: shape (n_samples + 2 * pad,)."""
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
@@ -198,14 +232,31 @@ class ReferenceEngine:
             group = flat.select(slice(lo, lo + self.atoms_per_group))
             white = self.white[:, lo : lo + self.atoms_per_group]
             mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
+        if floor_db is not None:
+            for j, (lo, hi, start_s, end_s, white) in enumerate(self.floors):
+                audio = floor.render(
+                    floor_db[j],
+                    torch.tensor(start_s),
+                    torch.tensor(end_s),
+                    white,
+                    sample_rate=self.spec.sample_rate,
+                    first=lo,
+                    duration_s=self.n_file / self.spec.sample_rate,
+                )
+                a, b = max(lo, self.first), min(hi, self.first + self.n_context)
+                if b > a:
+                    mix = mix + torch.nn.functional.pad(
+                        audio[a - lo : b - lo], (a - self.first, self.first + self.n_context - b)
+                    )
         if self.background is not None:
             mix = mix + self.background
         return mix
 
-    def model_powers(self, params: AtomParams) -> list[Tensor]:
+    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        return loss.region_powers(self.render(params), self.spec.pad, self.region.n_samples, self.spec.resolutions)
+        audio = self.render(params, floor_db)
+        return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
-    def __call__(self, params: AtomParams) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params))
+        return self.target.distance(self.model_powers(params, floor_db))

@@ -10,8 +10,11 @@ end. Memory is bounded by the chunk size, not the file length.
 Per chunk: initial atoms from onset/pitch analysis, then Adam on the raw
 parameters with a warm-up + cosine learning-rate schedule, minimising the
 multi-resolution STFT distance plus an annealed L1 penalty on atom gains
-(in dB above the -90 dB floor); atoms falling more than `prune_db` below the
-loudest are pruned.
+(in dB above the bottom of their range); atoms falling more than `prune_db`
+below the loudest are pruned, and a duplicate of a louder atom's note is
+pruned with its power handed to that atom. With `noise_floor`, each segment's
+noise floor (`splat.floor`) is fitted alongside its atoms, capped in each band
+at the level of the segment's quietest frames, with no penalty.
 """
 
 from __future__ import annotations
@@ -24,12 +27,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat import analysis, dsp, spectral, synth
-from splat.atoms import ENVELOPES, Atom, AtomSet
+from splat import analysis, dsp, floor, spectral, synth
+from splat.atoms import ENVELOPES, Atom, AtomSet, FloorSegment
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
-from splat.params import FIELDS, AtomParams, Bounds, to_physical, to_raw
+from splat.params import (
+    FIELDS,
+    FLOOR_LEVEL_DB,
+    AtomParams,
+    Bounds,
+    floor_to_physical,
+    floor_to_raw,
+    to_physical,
+    to_raw,
+)
 
 ENGINES = ("fast", "reference")
 #: Level given to pruned atoms inside the loss (they are dropped from the output).
@@ -69,6 +81,8 @@ _HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
 #: apart (s) describe one note: the quieter one is pruned.
 DUPLICATE_S = 0.1
 DUPLICATE_CENTS = 50.0
+#: The noise floor starts this many dB under its ceiling in every band.
+FLOOR_START_DB = 6.0
 
 
 @dataclass(frozen=True)
@@ -87,13 +101,14 @@ class FitConfig:
         segment_s: Segment length in seconds (rounded to a multiple of the longest FFT).
         n_partials: Maximum partials per atom.
         fft_sizes: STFT sizes of the loss (hop = size / 4).
-        sparsity: Final weight of the L1 penalty on atom gains (in dB above the floor).
+        sparsity: Final weight of the L1 penalty on atom gains (in dB above the bottom of their range).
         prune_db: Atoms this far below the loudest one are pruned.
         segments_per_chunk: Segments optimised together (bounds memory).
         grid_step: Time grid of the fast engine, in samples.
         greedy: Weight of a second distance computed with only the louder half of
             each segment's atoms (matching-pursuit-like: the loud atoms must explain
             as much as they can on their own). 0 = plain global loss. Fast engine only.
+        noise_floor: Fit a stationary noise floor per segment under the atoms (`splat.floor`).
     """
 
     n_atoms: int = 64
@@ -112,6 +127,7 @@ class FitConfig:
     segments_per_chunk: int = 8
     grid_step: int = 64
     greedy: float = 0.0
+    noise_floor: bool = False
 
     def validate(self) -> None:
         """Raises:
@@ -227,18 +243,31 @@ def fit(
     ]
     rng = np.random.default_rng(config.seed)
     atoms: list[Atom] = []
+    floors: list[FloorSegment] = []
     losses: list[list[float]] = []
-    previous: tuple[AtomParams, Tensor] | None = None
+    previous: tuple[AtomParams, Tensor | None, Tensor] | None = None
     for c, segments in enumerate(chunks):
         region = _region(segments, seg, n, last=c == len(chunks) - 1)
-        params, seeds, history = _fit_chunk(
-            target, region, spec, bounds, config, rng, previous, atoms, chunk=c, n_chunks=len(chunks), callback=callback
+        chunk = _fit_chunk(
+            target,
+            region,
+            spec,
+            bounds,
+            config,
+            rng,
+            previous,
+            (atoms, floors),
+            chunk=c,
+            n_chunks=len(chunks),
+            callback=callback,
         )
-        losses.append(history)
-        atoms.extend(_export(params, seeds, bounds, duration_s=n / sample_rate))
+        losses.append(chunk.history)
+        atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate))
+        floors.extend(_export_floor(chunk, region, n, sample_rate))
         # Only the last segment's window (two segments long) reaches into the next chunk.
-        last_segment = AtomParams(**{k: v[-1:] for k, v in vars(params).items()})
-        previous = (last_segment, torch.tensor(region.segment_starts[-1:], device=device))
+        last_segment = AtomParams(**{k: v[-1:] for k, v in vars(chunk.params).items()})
+        last_floor = None if chunk.floor_db is None else chunk.floor_db[-1:]
+        previous = (last_segment, last_floor, torch.tensor(region.segment_starts[-1:], device=device))
 
     atom_set = AtomSet(
         atoms=(),
@@ -249,6 +278,7 @@ def fit(
         n_partials=config.n_partials,
         seed=config.seed,
         config=asdict(config),
+        floor=tuple(floors),
     ).with_atoms(atoms)
     return FitResult(atoms=atom_set, reconstruction=synth.render_atom_set(atom_set), losses=losses)
 
@@ -335,6 +365,38 @@ def _tone_peak_db(sample_rate: int, envelope: str) -> float:
     return 10.0 * math.log10(START_SHAPE["mix"] * float(((1.0 - share) * body + share * short).max()))
 
 
+@dataclass
+class _ChunkFit:
+    """What one chunk's optimisation returns.
+
+    Attributes:
+        params: Atoms, shape (segments, atoms); pruned ones muted.
+        seeds: Their noise seeds, -1 for pruned atoms, shape (segments, atoms).
+        floor_db: Noise-floor band levels, shape (segments, bands), or None (no floor).
+        floor_seeds: The floors' noise seeds, shape (segments,), or None.
+        history: The distance after every step.
+    """
+
+    params: AtomParams
+    seeds: Tensor
+    floor_db: Tensor | None
+    floor_seeds: Tensor | None
+    history: list[float]
+
+
+def _floor_ceilings_db(target: Tensor, region: Region, sample_rate: int) -> Tensor:
+    """Highest level each band's floor may take in every segment of the region, shape (segments, bands).
+
+    The level the quietest frames of the segment hold (`floor.quiet_levels_db`),
+    kept 1 dB inside the level range.
+    """
+    levels = []
+    for start in region.segment_starts:
+        piece = target[start : start + region.n_segment]
+        levels.append(floor.quiet_levels_db(piece, sample_rate))
+    return torch.stack(levels).clamp(FLOOR_LEVEL_DB.lo + 1.0, FLOOR_LEVEL_DB.hi)
+
+
 def _fit_chunk(
     target: Tensor,
     region: Region,
@@ -342,13 +404,13 @@ def _fit_chunk(
     bounds: Bounds,
     config: FitConfig,
     rng: np.random.Generator,
-    previous: tuple[AtomParams, Tensor] | None,
-    atoms_so_far: list[Atom],
+    previous: tuple[AtomParams, Tensor | None, Tensor] | None,
+    so_far: tuple[list[Atom], list[FloorSegment]],
     *,
     chunk: int,
     n_chunks: int,
     callback: Callable[[FitProgress], None] | None,
-) -> tuple[AtomParams, Tensor, list[float]]:
+) -> _ChunkFit:
     device = target.device
     n = target.numel()
     tone_peak_db = _tone_peak_db(spec.sample_rate, spec.envelope)
@@ -362,23 +424,41 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64)
+    # The floor's levels, under a per-band ceiling: raw = floor_raw0 + floor_shift, starting FLOOR_START_DB down.
+    floor_raw0 = floor_shift = ceiling_db = floor_seeds = None
+    if config.noise_floor:
+        ceiling_db = _floor_ceilings_db(target, region, spec.sample_rate)
+        floor_raw0 = floor_to_raw(ceiling_db - FLOOR_START_DB, ceiling_db)
+        floor_shift = torch.zeros_like(floor_raw0, requires_grad=True)
+        floor_seeds = torch.tensor(rng.integers(0, 2**62, size=len(region.segment_starts)), dtype=torch.int64)
+
+    def floor_levels() -> Tensor | None:
+        if floor_raw0 is None or floor_shift is None or ceiling_db is None:
+            return None
+        return floor_to_physical(floor_raw0 + floor_shift, ceiling_db)
 
     if config.engine == "fast":
         engine: FastEngine | ReferenceEngine = FastEngine(target, region, spec, background=previous)
     else:
         background = None
-        if atoms_so_far:
+        atoms_so_far, floors_so_far = so_far
+        if atoms_so_far or floors_so_far:
             partial_set = AtomSet(
                 atoms=tuple(atoms_so_far),
                 sample_rate=spec.sample_rate,
                 duration_s=n / spec.sample_rate,
                 envelope=spec.envelope,
                 n_partials=spec.n_partials,
+                floor=tuple(floors_so_far),
             )
             background = torch.tensor(synth.render_atom_set(partial_set), device=device)
-        engine = ReferenceEngine(target, region, spec, noise_seeds=seeds, background_audio=background)
+        engine = ReferenceEngine(
+            target, region, spec, noise_seeds=seeds, floor_seeds=floor_seeds, background_audio=background
+        )
 
     optimiser = torch.optim.Adam([shift], lr=config.lr)
+    if floor_shift is not None:
+        optimiser.add_param_group({"params": [floor_shift]})
     warmup = max(1, config.n_iters // 20)
 
     def lr_factor(step: int) -> float:
@@ -395,12 +475,13 @@ def _fit_chunk(
     for step in range(1, config.n_iters + 1):
         raw = raw0 + step_scale * shift
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+        floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
             lead, rest = _split_by_gain(params)
-            distance, lead_distance = engine.lead_distances(lead, rest)
+            distance, lead_distance = engine.lead_distances(lead, rest, floor_db)
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params)
+            distance = fit_term = engine(params, floor_db)
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
@@ -416,7 +497,7 @@ def _fit_chunk(
             with torch.no_grad():
                 raw = raw0 + step_scale * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current)
+                model_powers = engine.model_powers(current, floor_levels())
                 restart = residual_restarts(
                     current,
                     active,
@@ -441,7 +522,12 @@ def _fit_chunk(
                 gain_db = params.gain_db
                 loudest = gain_db[active].max() if active.any() else gain_db.max()
                 active &= gain_db > loudest - config.prune_db
-                active &= ~duplicate_atoms(params, active)
+                flagged, partner = duplicate_atoms(params, active)
+                if flagged.any():
+                    current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    merged = replace(current, gain_db=_merged_gains(current.gain_db, flagged, partner))
+                    raw0 = to_raw(merged, bounds=bounds, t0_s=t0_s, span_s=span_s) - step_scale * shift.detach()
+                active &= ~flagged
             if config.engine == "fast" and step < config.n_iters:
                 # The fast engine keeps no per-atom state: drop pruned atoms from the tensors so
                 # the remaining steps cost in proportion to the atoms still active.
@@ -466,7 +552,8 @@ def _fit_chunk(
             )
     with torch.no_grad():
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-    return final, torch.where(active.cpu(), seeds, -1), history
+        final_floor = floor_levels()
+    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, floor_seeds, history)
 
 
 def residual_restarts(
@@ -558,21 +645,23 @@ def residual_restarts(
     return torch.from_numpy(replaced).to(device), new
 
 
-def duplicate_atoms(params: AtomParams, active: Tensor) -> Tensor:
-    """Active atoms that repeat a louder active atom's note.
+def duplicate_atoms(params: AtomParams, active: Tensor) -> tuple[Tensor, Tensor]:
+    """Active atoms that repeat a louder active atom's note, and the atom each repeats.
 
     A note is sometimes described by two atoms of the same pitch a few tens of
     ms apart (an attack and a slower swell); read as events they count the note
     twice. An atom is a duplicate if a louder active atom (in any segment) has
-    an f0 within `DUPLICATE_CENTS` and an onset within `DUPLICATE_S`; pruning it
-    at a prune step lets the remaining steps give its energy to the louder one.
+    an f0 within `DUPLICATE_CENTS` and an onset within `DUPLICATE_S`; its partner
+    is the loudest such atom, which takes over its power (`_merged_gains`).
 
     Args:
         params: Atoms, tensors of shape (segments, atoms).
         active: Shape (segments, atoms), bool.
 
     Returns:
-        Shape (segments, atoms), bool: True for duplicates.
+        Duplicates, shape (segments, atoms), bool; and each atom's partner as an
+        index into the flattened (segments * atoms) axis, shape (segments, atoms)
+        (meaningful where flagged).
     """
     time_s, f0_hz, gain_db = (getattr(params, k).detach().reshape(-1) for k in ("time_s", "f0_hz", "gain_db"))
     live = active.reshape(-1)
@@ -583,8 +672,23 @@ def duplicate_atoms(params: AtomParams, active: Tensor) -> Tensor:
     louder = (gain_db[None, :] > gain_db[:, None]) | (
         (gain_db[None, :] == gain_db[:, None]) & (index[None, :] < index[:, None])
     )
-    flagged = (same_time & same_pitch & louder & live[None, :]).any(dim=1) & live
-    return flagged.reshape(active.shape)
+    match = same_time & same_pitch & louder & live[None, :]
+    flagged = match.any(dim=1) & live
+    partner = torch.where(match, gain_db[None, :], torch.full_like(same_time, -math.inf, dtype=gain_db.dtype)).argmax(1)
+    return flagged.reshape(active.shape), partner.reshape(active.shape)
+
+
+def _merged_gains(gain_db: Tensor, flagged: Tensor, partner: Tensor) -> Tensor:
+    """Gains after each flagged atom's power is added to its partner's (shapes (segments, atoms)).
+
+    The pruned duplicate's energy stays in the note (even at the last prune step,
+    when no step is left to regrow it); only the partners' gains change.
+    """
+    power = torch.pow(10.0, gain_db.reshape(-1) / 10.0)
+    moved = torch.where(flagged.reshape(-1), power, torch.zeros_like(power))
+    received = torch.zeros_like(power).index_add(0, partner.reshape(-1), moved)
+    merged = torch.where(received > 0, 10.0 * torch.log10(power + received), gain_db.reshape(-1))
+    return merged.reshape(gain_db.shape)
 
 
 def _split_by_gain(params: AtomParams) -> tuple[AtomParams, AtomParams]:
@@ -629,6 +733,22 @@ def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: fl
             record[name] = float(np.clip(values[s, a, i], lo, hi))
         out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a])))
     return out
+
+
+def _export_floor(chunk: _ChunkFit, region: Region, n: int, sample_rate: int) -> list[FloorSegment]:
+    """The chunk's noise floors as `FloorSegment` records (none without a floor)."""
+    if chunk.floor_db is None or chunk.floor_seeds is None:
+        return []
+    levels = chunk.floor_db.detach().double().cpu().clamp(FLOOR_LEVEL_DB.lo, FLOOR_LEVEL_DB.hi)
+    return [
+        FloorSegment(
+            start_s=start / sample_rate,
+            end_s=min(start + region.n_segment, n) / sample_rate,
+            level_db=tuple(levels[j].tolist()),
+            noise_seed=int(chunk.floor_seeds[j]),
+        )
+        for j, start in enumerate(region.segment_starts)
+    ]
 
 
 def _short_part_second(record: dict[str, float]) -> dict[str, float]:

@@ -151,6 +151,26 @@ def _inverse(value: Tensor, rng: Range) -> Tensor:
     return torch.logit(unit.clamp(_EDGE, 1 - _EDGE))
 
 
+#: Range of the noise floor's band levels: dB of each band's variance per sample (normalised audio).
+FLOOR_LEVEL_DB = Range(-100.0, 0.0)
+
+
+def floor_to_physical(raw: Tensor, ceiling_db: Tensor) -> Tensor:
+    """Noise-floor band levels in dB: a sigmoid of `raw` onto [FLOOR_LEVEL_DB.lo, ceiling_db].
+
+    A fit caps each band at a level measured in the audio (the floor must stay
+    under what the quietest frames hold); `ceiling_db` broadcasts against `raw`
+    and lies in (FLOOR_LEVEL_DB.lo, FLOOR_LEVEL_DB.hi].
+    """
+    return FLOOR_LEVEL_DB.lo + (ceiling_db - FLOOR_LEVEL_DB.lo) * torch.sigmoid(raw)
+
+
+def floor_to_raw(level_db: Tensor, ceiling_db: Tensor) -> Tensor:
+    """Exact inverse of `floor_to_physical` (values on a bound are pulled inside by 1e-6)."""
+    unit = (level_db - FLOOR_LEVEL_DB.lo) / (ceiling_db - FLOOR_LEVEL_DB.lo)
+    return torch.logit(unit.clamp(_EDGE, 1 - _EDGE))
+
+
 def to_physical(raw: Tensor, *, bounds: Bounds, t0_s: Tensor, span_s: float) -> AtomParams:
     """Map raw parameters to physical units.
 

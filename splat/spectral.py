@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from splat import dsp
+from splat import dsp, floor
 from splat.params import AtomParams
 
 #: Bins on each side of a partial that it is splatted onto (sidelobes beyond are < -45 dB).
@@ -93,6 +93,7 @@ class Plan:
         bins_hz: Per resolution, the frequency of each bin, shape (n_fft / 2 + 1,).
         bin_hz: Bin width of each resolution, shape (n_res,).
         time_kernels: Per resolution, N / 2 * w^2 summed over each grid cell, shape (n_fft / step,).
+        floor_shares: Per resolution, each noise-floor band's share of every bin, shape (bands, n_fft / 2 + 1).
     """
 
     def __init__(
@@ -114,6 +115,8 @@ class Plan:
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
         self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device)
         self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
+        centres = torch.tensor(floor.band_centres_hz(sample_rate), dtype=torch.float64, device=device)
+        self.floor_shares = [floor.bin_shares(centres, r.n_fft, sample_rate).float() for r in resolutions]
         self.time_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
@@ -275,6 +278,45 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tup
     )
 
 
+@dataclass(frozen=True)
+class FloorSpans:
+    """Where each segment's noise floor sounds (see `splat.floor.segment_power`), shapes (segments, 1).
+
+    Attributes:
+        start_s, end_s: Segment boundaries in seconds.
+        fade_in, fade_out: Whether each boundary is shared with a neighbouring segment.
+    """
+
+    start_s: Tensor
+    end_s: Tensor
+    fade_in: Tensor
+    fade_out: Tensor
+
+    @classmethod
+    def for_segments(cls, starts: Tensor, n_segment: int, n_file: int, sample_rate: int) -> FloorSpans:
+        """Spans of segments starting at samples `starts` (shape (segments,)) in a file of `n_file` samples."""
+        ends = torch.clamp(starts + n_segment, max=n_file)
+        return cls(
+            start_s=(starts.float() / sample_rate).unsqueeze(-1),
+            end_s=(ends.float() / sample_rate).unsqueeze(-1),
+            fade_in=(starts > 0).unsqueeze(-1),
+            fade_out=(ends < n_file).unsqueeze(-1),
+        )
+
+
+def floor_frames(spans: FloorSpans, window_start_s: Tensor, plan: Plan) -> list[Tensor]:
+    """Window-weighted power of each segment's floor envelope in every frame of its window.
+
+    Constant during a fit: the floor's levels only scale its spectrum.
+
+    Returns:
+        Per resolution, shape (segments, n_window / hop, 1).
+    """
+    t = plan.cell_s + window_start_s  # (segments, cells)
+    env = floor.segment_power(t, spans.start_s, spans.end_s, fade_in=spans.fade_in, fade_out=spans.fade_out)
+    return [plan.frame_powers(env.unsqueeze(1), i).transpose(1, 2) for i in range(len(plan.resolutions))]
+
+
 def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_frames: int) -> tuple[Tensor, Tensor]:
     """Where each window frame lands in the region: (flat source positions, region frames).
 
@@ -300,8 +342,10 @@ def expected_power(
     *,
     envelope: str,
     n_partials: int,
+    floor_db: Tensor | None = None,
+    floor_at: list[Tensor] | None = None,
 ) -> list[Tensor]:
-    """Expected power spectrogram of each segment's atoms over its window.
+    """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
 
     Args:
         params: Physical parameters, shape (segments, atoms).
@@ -309,6 +353,8 @@ def expected_power(
         plan: Grid, resolutions and their constants.
         envelope: "gamma" or "gaussian".
         n_partials: Maximum partials per atom.
+        floor_db: Noise-floor band levels, shape (segments, bands), or None for no floor.
+        floor_at: The floor envelope's frame powers from `floor_frames` (needed with `floor_db`).
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -325,5 +371,9 @@ def expected_power(
         # One product per branch (noise, body, short part): no concatenated copy of the spectra.
         power = torch.bmm(frames[..., :n_atoms], noise[i])
         power = torch.baddbmm(power, frames[..., n_atoms : 2 * n_atoms], bodies[i])
-        out.append(torch.baddbmm(power, frames[..., 2 * n_atoms :], shorts[i]))
+        power = torch.baddbmm(power, frames[..., 2 * n_atoms :], shorts[i])
+        if floor_db is not None and floor_at is not None:
+            spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
+            power = torch.baddbmm(power, floor_at[i], spectrum.unsqueeze(1))
+        out.append(power)
     return out

@@ -2,7 +2,8 @@
 
 `render_atoms` is simple and differentiable (the reference engine fits with
 it); `render_atom_set` renders a whole `AtomSet` (the JSON alone) to audio,
-one atom at a time, each only over its own support.
+one atom at a time, each only over its own support, plus each segment's noise
+floor (`splat.floor`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat import dsp
+from splat import dsp, floor
 from splat.atoms import AtomSet
 from splat.params import AtomParams
 
@@ -189,4 +190,18 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
             n_partials=atom_set.n_partials,
         )
         out[first:last] += audio.sum(dim=(0, 1))
+    for segment in atom_set.floor:
+        lo, hi = floor.support(segment.start_s, segment.end_s, sample_rate=sr, n_samples=n)
+        if hi <= lo:
+            continue
+        white = white_noise(torch.tensor([segment.noise_seed]), n_samples=hi - lo, device=device)[0].double()
+        out[lo:hi] += floor.render(
+            torch.tensor(segment.level_db, dtype=torch.float64, device=device),
+            torch.tensor(segment.start_s),
+            torch.tensor(segment.end_s),
+            white,
+            sample_rate=sr,
+            first=lo,
+            duration_s=atom_set.duration_s,
+        )
     return (out / atom_set.gain).float().cpu().numpy()

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from splat import dsp
-from splat.atoms import FORMAT_NAME, FORMAT_VERSION, Atom, AtomSet
+from splat import dsp, floor
+from splat.atoms import FORMAT_NAME, FORMAT_VERSION, Atom, AtomSet, FloorSegment
 from splat.errors import FormatError, SplatError
 from splat.files import atomic_path, write_atomic, write_text_atomic
 from splat.params import FIELDS, Bounds
@@ -80,6 +80,10 @@ def _atom_set() -> AtomSet:
         n_partials=16,
         seed=42,
         config={"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02},
+        floor=(
+            FloorSegment(0.0, 0.25, tuple(-60.0 - b for b in range(floor.N_BANDS)), noise_seed=9),
+            FloorSegment(0.25, 0.4, (-70.0,) * floor.N_BANDS, noise_seed=2**61),
+        ),
     )
 
 
@@ -139,7 +143,14 @@ def test_a_version_1_atom_is_read_without_a_short_part():
     for atom in doc["atoms"]:
         for name in ("short_share", "short_decay_s", "short_rolloff_db"):
             del atom[name]
-    assert AtomSet.from_dict(doc) == plain.with_atoms(plain.atoms)  # with_atoms sorts by time
+    assert AtomSet.from_dict(doc) == replace(plain, floor=()).with_atoms(plain.atoms)  # with_atoms sorts by time
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_versions_before_3_have_no_noise_floor(version):
+    doc = _atom_set().to_dict()
+    doc["version"] = version
+    assert AtomSet.from_dict(doc).floor == ()
 
 
 def test_a_version_2_atom_must_have_its_short_part():
@@ -154,12 +165,27 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 2
+    assert doc["version"] == FORMAT_VERSION == 3
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
     assert [sorted(a) for a in doc["atoms"]] == [sorted((*FIELDS, "noise_seed"))] * 3
     assert doc["atoms"][0]["f0_hz"] == 261.63
+    assert doc["noise_floor"]["band_hz"] == [round(f, 2) for f in floor.band_centres_hz(SAMPLE_RATE)]
+    assert doc["noise_floor"]["segments"][1] == {
+        "start_s": 0.25, "end_s": 0.4, "level_db": [-70.0] * floor.N_BANDS, "noise_seed": 2**61
+    }  # fmt: skip
+
+
+def test_the_noise_floor_renders_and_muting_it_removes_it():
+    atom_set = _atom_set()
+    silent = replace(atom_set, atoms=())
+    alone = render_atom_set(silent)
+    # The second segment, past the crossfade: 24 bands at -70 dB each, at the input's level (gain 1.7).
+    expected = floor.N_BANDS * 1e-7 / 1.7**2
+    tail = alone[int(0.28 * SAMPLE_RATE) :]
+    assert float(np.var(tail)) == pytest.approx(expected, rel=0.1)
+    assert not np.any(render_atom_set(replace(silent, floor=())))
 
 
 def test_save_then_load_renders_bit_identically(tmp_path):
@@ -314,8 +340,13 @@ def _without(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return doc
 
 
+def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[str, Any]:
+    doc["noise_floor"]["segments"][index][name] = value
+    return doc
+
+
 DOCUMENT_ERRORS = {
-    "unknown version": (lambda d: _set(d, version=3), r"version=3 is not supported; this splat reads versions 1, 2"),
+    "unknown version": (lambda d: _set(d, version=4), r"version=4 is not supported; this splat reads versions 1, 2, 3"),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),
     "missing version": (lambda d: _without(d, "version"), r"version=None is not supported"),
@@ -337,6 +368,38 @@ DOCUMENT_ERRORS = {
     "atom time beyond a shorter duration": (
         lambda d: _set(d, duration_s=0.1),
         r"atoms\[2\]\.time_s=0\.2 is out of range \[0, 0\.1\]",
+    ),
+    "floor not an object": (
+        lambda d: _set(d, noise_floor=[]),
+        r"noise_floor must be an object with a list of segments",
+    ),
+    "floor bands moved": (
+        lambda d: _set(d, noise_floor={**d["noise_floor"], "band_hz": [100.0] * floor.N_BANDS}),
+        r"noise_floor\.band_hz must be the 24 fixed band centres for 22050 Hz \(edit level_db instead\)",
+    ),
+    "floor level too high": (
+        lambda d: _set_floor(d, 1, "level_db", [-70.0] * 23 + [3.0]),
+        r"noise_floor\.segments\[1\]\.level_db\[23\]=3 is out of range \[-100, 0\]",
+    ),
+    "floor with too few levels": (
+        lambda d: _set_floor(d, 0, "level_db", [-70.0] * 3),
+        r"noise_floor\.segments\[0\]\.level_db must be a list of 24 numbers \(one per band\)",
+    ),
+    "floor ending before it starts": (
+        lambda d: _set_floor(d, 1, "end_s", 0.2),
+        r"noise_floor\.segments\[1\]\.end_s=0\.2 must be after start_s=0\.25",
+    ),
+    "floor past the end": (
+        lambda d: _set_floor(d, 1, "end_s", 0.5),
+        r"noise_floor\.segments\[1\]\.end_s=0\.5 is out of range \[0, 0\.4\]",
+    ),
+    "floor seed as float": (
+        lambda d: _set_floor(d, 0, "noise_seed", 1.5),
+        r"noise_floor\.segments\[0\]\.noise_seed=1\.5 must be an integer",
+    ),
+    "floor with an unknown field": (
+        lambda d: _set_floor(d, 0, "gain_db", 1.0),
+        r"noise_floor\.segments\[0\] has unknown field\(s\) \['gain_db'\]",
     ),
     "band above a lower sample rate's cap": (
         lambda d: _set(d, sample_rate=8000),

@@ -434,3 +434,17 @@ def test_eval_notes_needs_atoms(clip_wav, tmp_path):
 
 def test_eval_bad_audio(clip_wav, tmp_path):
     assert_one_error_line(run("eval", clip_wav, _text_file(tmp_path)), mentions="not a readable audio file")
+
+
+def test_fit_with_floor_writes_it_and_info_summarises_it(clip_wav):
+    result = run("fit", clip_wav, *TINY_FIT, "--floor", "--quiet")
+    assert result.exit_code == 0, result.output
+    atom_set = AtomSet.load(clip_wav.with_name("clip.atoms.json"))
+    assert len(atom_set.floor) == 1 and atom_set.floor[0].start_s == 0.0
+    info = run("info", clip_wav.with_name("clip.atoms.json"))
+    assert info.exit_code == 0, info.output
+    assert "noise floor: 1 segment(s), total level" in info.stdout
+
+
+def test_info_of_a_file_without_floor_does_not_mention_one(atoms_json):
+    assert "noise floor" not in run("info", atoms_json).stdout

@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from splat import spectral
-from splat.atoms import Atom, AtomSet
+from splat import floor, spectral
+from splat.atoms import Atom, AtomSet, FloorSegment
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.fitting import FitConfig, fit
 from splat.params import FIELDS, Bounds, to_physical, to_raw
@@ -131,6 +131,34 @@ def test_fast_engine_gradients_are_finite_and_reach_every_field(setup):
     for i, name in enumerate(FIELDS):
         if name not in silent:
             assert grad[:, i].abs().max() > 0, name
+
+
+def test_both_engines_have_the_floor_level_minimum_at_the_truth():
+    """A tone over a noise floor: moving every band's level, both losses bottom out at the true levels."""
+    levels = torch.linspace(-45.0, -60.0, floor.N_BANDS)
+    truth = AtomSet(
+        atoms=(_atom(0.05, 220.0, -6.0, 1),),
+        sample_rate=SR,
+        duration_s=N / SR,
+        n_partials=32,
+        floor=(FloorSegment(0.0, N / SR, tuple(levels.tolist()), noise_seed=11),),
+    )
+    params, seeds = truth.to_params(dtype=torch.float32)
+    target = torch.tensor(render_atom_set(truth))
+    spec = ModelSpec(SR, "gamma", 32, spectral.resolutions_for((2048, 1024, 512, 256)), 32)
+    region = Region(start=0, n_samples=N, segment_starts=(0,), n_segment=N)
+    fast = FastEngine(target, region, spec)
+    reference = ReferenceEngine(target, region, spec, noise_seeds=seeds.view(1, -1), floor_seeds=torch.tensor([11]))
+    offsets = np.linspace(-9.0, 9.0, 7)
+    curves = {
+        name: [float(engine(params, (levels + float(o)).unsqueeze(0))) for o in offsets]
+        for name, engine in (("fast", fast), ("reference", reference))
+    }
+    middle = len(offsets) // 2
+    for name, curve in curves.items():
+        assert int(np.argmin(curve)) == middle, (name, curve)
+    # Without its floor, the model is worse in both engines.
+    assert float(fast(params)) > curves["fast"][middle] and float(reference(params)) > curves["reference"][middle]
 
 
 @pytest.mark.slow

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from splat import spectral
-from splat.atoms import Atom, AtomSet
+from splat import floor, spectral
+from splat.atoms import Atom, AtomSet, FloorSegment
 from splat.engines import ModelSpec, Region
 from splat.errors import AudioError, ParameterError
-from splat.fitting import FitConfig, _export, _split_by_gain, duplicate_atoms, fit, residual_restarts
+from splat.fitting import FitConfig, _export, _merged_gains, _split_by_gain, duplicate_atoms, fit, residual_restarts
 from splat.params import FIELDS, AtomParams, Bounds
 from splat.spectral import resolutions_for
 from splat.synth import render_atom_set
@@ -176,10 +176,15 @@ def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
     for name, index in (("time_s", 0), ("f0_hz", 1), ("gain_db", 2)):
         fields[name] = torch.tensor([[a[index] for a in row] for row in atoms])
     active = torch.tensor([[a[3] for a in row] for row in atoms])
-    flagged = duplicate_atoms(AtomParams(**fields), active)
+    flagged, partner = duplicate_atoms(AtomParams(**fields), active)
     # Only the second atom: same pitch (7 cents) 60 ms after a louder one. The third has
     # another pitch, the fourth starts 500 ms later, and its louder twin is inactive.
     assert flagged.tolist() == [[False, True, False], [False, False, False]]
+    assert int(partner[0, 1]) == 0
+    # Its power moves to the first atom: -6 dB and -20 dB add to -5.83 dB; the others keep theirs.
+    merged = _merged_gains(fields["gain_db"], flagged, partner)
+    assert float(merged[0, 0]) == pytest.approx(10 * np.log10(10**-0.6 + 10**-2.0), abs=1e-4)
+    assert torch.equal(merged[0, 1:], fields["gain_db"][0, 1:]) and torch.equal(merged[1], fields["gain_db"][1])
 
 
 def test_residual_restarts_only_notes_hidden_on_partials_of_a_note_starting_there(make_harmonic_spectrum):
@@ -269,3 +274,27 @@ def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spec
         strict=True,
     ):
         torch.testing.assert_close(after, before, rtol=1e-9, atol=1e-12 * float(before.max()))
+
+
+def test_fit_recovers_a_noise_floor_under_a_tone():
+    duration_s = 16384 / SR
+    truth = AtomSet(
+        atoms=(_tone(0.05, 220.0, -6.0, 1),),
+        sample_rate=SR,
+        duration_s=duration_s,
+        n_partials=16,
+        floor=(FloorSegment(0.0, duration_s, (-50.0,) * floor.N_BANDS, noise_seed=4),),
+    )
+    audio = render_atom_set(truth)
+    config = FitConfig(n_atoms=3, n_iters=60, n_partials=16, fft_sizes=(2048, 1024, 512, 256), noise_floor=True)
+    result = fit(audio, SR, config).atoms
+    assert [(f.start_s, f.end_s) for f in result.floor] == [(0.0, pytest.approx(duration_s))]
+    # The fit's levels are in normalised units: the input was scaled by result.gain.
+    fitted = np.array(result.floor[0].level_db) - 20 * np.log10(result.gain)
+    # Bands above ~300 Hz hold many bins; their levels come back within a few dB.
+    assert np.abs(fitted[8:] + 50.0).mean() < 3.0, fitted
+    assert fit(audio, SR, dataclasses.replace(config, noise_floor=False, n_iters=2)).atoms.floor == ()
+    # One floor per segment, end to end, also across chunks (the first chunk's floor is the second's background).
+    chunked = fit(audio, SR, dataclasses.replace(config, segment_s=8192 / SR, segments_per_chunk=1, n_iters=3))
+    spans = [(f.start_s, f.end_s) for f in chunked.atoms.floor]
+    assert spans == [(0.0, 8192 / SR), (8192 / SR, pytest.approx(duration_s))]
