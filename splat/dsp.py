@@ -264,6 +264,24 @@ def partial_phases(k: Tensor, *, n_partials: int) -> Tensor:
     return math.pi * k * (k - 1.0) / n_partials
 
 
+def full_circle_mean(power: Tensor, n: int) -> Tensor:
+    """Mean over all n DFT bins of a real signal's power given on its n // 2 + 1 rfft bins.
+
+    DC (and Nyquist, for even n) appear once on the full circle, every other bin twice.
+
+    Args:
+        power: Power on the rfft bins, last axis of length n // 2 + 1.
+
+    Returns:
+        The mean, with the last axis kept (length 1).
+    """
+    weights = torch.full((power.shape[-1],), 2.0, dtype=power.dtype, device=power.device)
+    weights[0] = 1.0
+    if n % 2 == 0:
+        weights[-1] = 1.0
+    return (power * weights).sum(-1, keepdim=True) / n
+
+
 def band_shape(freq_hz: Tensor, center_hz: Tensor, bandwidth_hz: Tensor) -> Tensor:
     """Gaussian power shape of the noise band, peak 1, -3 dB full width `bandwidth_hz`."""
     sigma = bandwidth_hz / FWHM_PER_SIGMA

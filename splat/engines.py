@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from splat import floor, loss, spectral, synth
+from splat import loss, spectral, synth
 from splat.params import AtomParams
 
 
@@ -193,15 +193,12 @@ class ReferenceEngine:
         n_noise = synth.noise_length(spec.sample_rate)
         flat = synth.white_noise(noise_seeds.flatten().cpu(), n_samples=n_noise, device=target.device)
         self.white = flat.reshape(1, -1, n_noise)
-        # Each segment's floor over its own support, exactly as `synth.render_atom_set` renders it.
-        self.floors: list[tuple[int, int, float, float, Tensor]] = []
+        # Each segment's floor (start_s, end_s, seed), rendered as `synth.render_atom_set` renders it.
+        self.floors: list[tuple[float, float, int]] = []
         if floor_seeds is not None:
-            n_file, sr = target.numel(), spec.sample_rate
+            sr = spec.sample_rate
             for start, seed in zip(region.segment_starts, floor_seeds.tolist(), strict=True):
-                start_s, end_s = start / sr, min(start + region.n_segment, n_file) / sr
-                lo, hi = floor.support(start_s, end_s, sample_rate=sr, n_samples=n_file)
-                white = synth.white_noise(torch.tensor([seed]), n_samples=hi - lo, device=target.device)[0]
-                self.floors.append((lo, hi, start_s, end_s, white))
+                self.floors.append((start / sr, min(start + region.n_segment, self.n_file) / sr, seed))
         self.background = None
         if background_audio is not None:
             lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())
@@ -233,17 +230,11 @@ class ReferenceEngine:
             white = self.white[:, lo : lo + self.atoms_per_group]
             mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
         if floor_db is not None:
-            for j, (lo, hi, start_s, end_s, white) in enumerate(self.floors):
-                audio = floor.render(
-                    floor_db[j],
-                    torch.tensor(start_s),
-                    torch.tensor(end_s),
-                    white,
-                    sample_rate=self.spec.sample_rate,
-                    first=lo,
-                    duration_s=self.n_file / self.spec.sample_rate,
+            for j, (start_s, end_s, seed) in enumerate(self.floors):
+                lo, audio = synth.render_floor_segment(
+                    floor_db[j], start_s, end_s, seed, sample_rate=self.spec.sample_rate, n_file=self.n_file
                 )
-                a, b = max(lo, self.first), min(hi, self.first + self.n_context)
+                a, b = max(lo, self.first), min(lo + audio.numel(), self.first + self.n_context)
                 if b > a:
                     mix = mix + torch.nn.functional.pad(
                         audio[a - lo : b - lo], (a - self.first, self.first + self.n_context - b)

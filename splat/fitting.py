@@ -384,17 +384,35 @@ class _ChunkFit:
     history: list[float]
 
 
-def _floor_ceilings_db(target: Tensor, region: Region, sample_rate: int) -> Tensor:
-    """Highest level each band's floor may take in every segment of the region, shape (segments, bands).
+@dataclass
+class _FloorFit:
+    """The noise floor being fitted in a chunk: levels = ceiling squashed sigmoid of raw0 + shift.
 
-    The level the quietest frames of the segment hold (`floor.quiet_levels_db`),
-    kept 1 dB inside the level range.
+    Attributes:
+        ceiling_db: Highest level of each band in every segment, shape (segments, bands):
+            the level the segment's quietest frames hold (`floor.quiet_levels_db`).
+        raw0: Starting raw values (FLOOR_START_DB under the ceiling), same shape.
+        shift: What the optimiser moves, same shape.
+        seeds: The floors' noise seeds, shape (segments,).
     """
-    levels = []
-    for start in region.segment_starts:
-        piece = target[start : start + region.n_segment]
-        levels.append(floor.quiet_levels_db(piece, sample_rate))
-    return torch.stack(levels).clamp(FLOOR_LEVEL_DB.lo + 1.0, FLOOR_LEVEL_DB.hi)
+
+    ceiling_db: Tensor
+    raw0: Tensor
+    shift: Tensor
+    seeds: Tensor
+
+    @classmethod
+    def start(cls, target: Tensor, region: Region, sample_rate: int, rng: np.random.Generator) -> _FloorFit:
+        quiet = [floor.quiet_levels_db(target[s : s + region.n_segment], sample_rate) for s in region.segment_starts]
+        # Kept 1 dB inside the level range, so the sigmoid's interval is never empty.
+        ceiling_db = torch.stack(quiet).clamp(FLOOR_LEVEL_DB.lo + 1.0, FLOOR_LEVEL_DB.hi)
+        raw0 = floor_to_raw(ceiling_db - FLOOR_START_DB, ceiling_db)
+        seeds = torch.tensor(rng.integers(0, 2**62, size=len(region.segment_starts)), dtype=torch.int64)
+        return cls(ceiling_db, raw0, torch.zeros_like(raw0, requires_grad=True), seeds)
+
+    def levels_db(self) -> Tensor:
+        """Current band levels in dB, shape (segments, bands)."""
+        return floor_to_physical(self.raw0 + self.shift, self.ceiling_db)
 
 
 def _fit_chunk(
@@ -424,18 +442,10 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64)
-    # The floor's levels, under a per-band ceiling: raw = floor_raw0 + floor_shift, starting FLOOR_START_DB down.
-    floor_raw0 = floor_shift = ceiling_db = floor_seeds = None
-    if config.noise_floor:
-        ceiling_db = _floor_ceilings_db(target, region, spec.sample_rate)
-        floor_raw0 = floor_to_raw(ceiling_db - FLOOR_START_DB, ceiling_db)
-        floor_shift = torch.zeros_like(floor_raw0, requires_grad=True)
-        floor_seeds = torch.tensor(rng.integers(0, 2**62, size=len(region.segment_starts)), dtype=torch.int64)
+    noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:
-        if floor_raw0 is None or floor_shift is None or ceiling_db is None:
-            return None
-        return floor_to_physical(floor_raw0 + floor_shift, ceiling_db)
+        return None if noise_floor is None else noise_floor.levels_db()
 
     if config.engine == "fast":
         engine: FastEngine | ReferenceEngine = FastEngine(target, region, spec, background=previous)
@@ -453,12 +463,17 @@ def _fit_chunk(
             )
             background = torch.tensor(synth.render_atom_set(partial_set), device=device)
         engine = ReferenceEngine(
-            target, region, spec, noise_seeds=seeds, floor_seeds=floor_seeds, background_audio=background
+            target,
+            region,
+            spec,
+            noise_seeds=seeds,
+            floor_seeds=None if noise_floor is None else noise_floor.seeds,
+            background_audio=background,
         )
 
     optimiser = torch.optim.Adam([shift], lr=config.lr)
-    if floor_shift is not None:
-        optimiser.add_param_group({"params": [floor_shift]})
+    if noise_floor is not None:
+        optimiser.add_param_group({"params": [noise_floor.shift]})
     warmup = max(1, config.n_iters // 20)
 
     def lr_factor(step: int) -> float:
@@ -553,7 +568,8 @@ def _fit_chunk(
     with torch.no_grad():
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         final_floor = floor_levels()
-    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, floor_seeds, history)
+    final_seeds = None if noise_floor is None else noise_floor.seeds
+    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history)
 
 
 def residual_restarts(

@@ -122,50 +122,37 @@ def band_powers(level_db: Tensor) -> Tensor:
 
 
 def render(
-    level_db: Tensor,
-    start_s: Tensor,
-    end_s: Tensor,
-    white: Tensor,
-    *,
-    sample_rate: int,
-    first: int,
-    duration_s: float,
+    level_db: Tensor, white: Tensor, *, start_s: float, end_s: float, first: int, sample_rate: int, n_file: int
 ) -> Tensor:
-    """Time-domain floor of every segment over file samples [first, first + white.shape[-1]).
+    """One segment's floor over file samples [first, first + white.numel()).
 
     The noise is shaped by one circular FFT over the whole stretch (circularly
     filtered noise is exactly stationary), then faded by `segment_power`.
 
     Args:
-        level_db: Band levels, shape (segments, bands).
-        start_s, end_s: Segment boundaries in seconds, shape (segments,).
-        white: Standard-normal noise per segment, shape (segments, samples).
-        sample_rate: Sample rate in Hz.
+        level_db: Band levels, shape (bands,).
+        white: Standard-normal noise, shape (samples,).
+        start_s, end_s: The segment's boundaries in seconds.
         first: File sample index of the first sample.
-        duration_s: Length of the file (no fade at its start or end).
+        sample_rate: Sample rate in Hz.
+        n_file: Samples in the file (no fade at its start or end).
 
     Returns:
-        Audio, shape (segments, samples), differentiable in `level_db`.
+        Audio, shape (samples,), differentiable in `level_db`.
     """
-    n = white.shape[-1]
+    n = white.numel()
     freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, dtype=white.dtype, device=white.device)
     centres = torch.tensor(band_centres_hz(sample_rate), dtype=white.dtype, device=white.device)
     shapes = band_shapes(freqs, centres)  # (bands, bins)
-    # Mean of each shape over the full circle of n bins (DC and Nyquist once, the rest twice).
-    weights = torch.full_like(freqs, 2.0)
-    weights[0] = 1.0
-    if n % 2 == 0:
-        weights[-1] = 1.0
-    means = (shapes * weights).sum(-1) / n  # (bands,)
-    spectrum = band_powers(level_db.to(white.dtype)) @ (shapes / means.unsqueeze(-1))  # (segments, bins)
+    spectrum = band_powers(level_db.to(white.dtype)) @ (shapes / dsp.full_circle_mean(shapes, n))  # (bins,)
     shaped = torch.fft.irfft(torch.fft.rfft(white) * torch.sqrt(spectrum.clamp_min(1e-30)), n=n)
     t = (first + torch.arange(n, device=white.device, dtype=white.dtype)) / sample_rate
     envelope = segment_power(
         t,
-        start_s.to(white.dtype).unsqueeze(-1),
-        end_s.to(white.dtype).unsqueeze(-1),
-        fade_in=(start_s > 0).unsqueeze(-1),
-        fade_out=(end_s < duration_s - 0.5 / sample_rate).unsqueeze(-1),
+        torch.tensor(start_s, dtype=white.dtype, device=white.device),
+        torch.tensor(end_s, dtype=white.dtype, device=white.device),
+        fade_in=torch.tensor(start_s > 0, device=white.device),
+        fade_out=torch.tensor(end_s * sample_rate < n_file - 0.5, device=white.device),
     )
     return shaped * torch.sqrt(envelope)
 

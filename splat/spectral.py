@@ -24,6 +24,7 @@ Shapes: parameters (segments, atoms); spectrograms (segments, frames, bins).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -93,7 +94,6 @@ class Plan:
         bins_hz: Per resolution, the frequency of each bin, shape (n_fft / 2 + 1,).
         bin_hz: Bin width of each resolution, shape (n_res,).
         time_kernels: Per resolution, N / 2 * w^2 summed over each grid cell, shape (n_fft / step,).
-        floor_shares: Per resolution, each noise-floor band's share of every bin, shape (bands, n_fft / 2 + 1).
     """
 
     def __init__(
@@ -115,13 +115,21 @@ class Plan:
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
         self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device)
         self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
-        centres = torch.tensor(floor.band_centres_hz(sample_rate), dtype=torch.float64, device=device)
-        self.floor_shares = [floor.bin_shares(centres, r.n_fft, sample_rate).float() for r in resolutions]
         self.time_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
             # The N / 2 of E|X|^2 = N / 2 * P * psi is folded into the kernel.
             self.time_kernels.append((res.n_fft / 2 * (w * w).reshape(-1, grid.step).sum(-1)).float())
+
+    @functools.cached_property
+    def floor_shares(self) -> list[Tensor]:
+        """Per resolution, each noise-floor band's share of every bin, shape (bands, n_fft / 2 + 1).
+
+        Built on first use (~20 ms): fits without a noise floor never need it.
+        """
+        device = self.cell_s.device
+        centres = torch.tensor(floor.band_centres_hz(self.sample_rate), dtype=torch.float64, device=device)
+        return [floor.bin_shares(centres, r.n_fft, self.sample_rate).float() for r in self.resolutions]
 
     def split_bins(self, slots: Tensor) -> list[Tensor]:
         """Each resolution's bins out of a tensor over all slots (last axis).

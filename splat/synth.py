@@ -60,12 +60,7 @@ def band_noise(white: Tensor, center_hz: Tensor, bandwidth_hz: Tensor, *, sample
     n = white.shape[-1]
     freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, dtype=white.dtype, device=white.device)
     power = dsp.band_shape(freqs, center_hz, bandwidth_hz)  # (batch, atoms, n//2+1)
-    # Mean of the power over the full circle of n bins (DC and Nyquist once, the rest twice).
-    weights = torch.full_like(freqs, 2.0)
-    weights[0] = 1.0
-    if n % 2 == 0:
-        weights[-1] = 1.0
-    mean_power = (power * weights).sum(-1, keepdim=True) / n
+    mean_power = dsp.full_circle_mean(power, n)
     # Far outside the band the power underflows to 0, where sqrt has an infinite slope.
     amplitude = torch.sqrt(power.clamp_min(1e-30) / mean_power)
     return torch.fft.irfft(torch.fft.rfft(white) * amplitude, n=n)
@@ -145,6 +140,30 @@ def render_atoms(
     return gain * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
 
 
+def render_floor_segment(
+    level_db: Tensor, start_s: float, end_s: float, seed: int, *, sample_rate: int, n_file: int
+) -> tuple[int, Tensor]:
+    """One segment's noise floor over its support, as the JSON defines it (see `splat.floor`).
+
+    The noise is `seed`'s standard-normal sequence over the support, so the
+    reference engine and `render_atom_set` play the same realisation.
+
+    Args:
+        level_db: Band levels, shape (bands,); the audio has its dtype and device.
+        start_s, end_s: The segment's boundaries (end_s > start_s).
+        n_file: Samples in the file.
+
+    Returns:
+        The file sample the audio starts at, and the audio, differentiable in `level_db`.
+    """
+    first, last = floor.support(start_s, end_s, sample_rate=sample_rate, n_samples=n_file)
+    white = white_noise(torch.tensor([seed]), n_samples=last - first, device=level_db.device)[0].to(level_db.dtype)
+    audio = floor.render(
+        level_db, white, start_s=start_s, end_s=end_s, first=first, sample_rate=sample_rate, n_file=n_file
+    )
+    return first, audio
+
+
 def support_s(params: AtomParams) -> Tensor:
     """Seconds after its onset until an atom is TAIL_DB below its peak, shape (batch, atoms).
 
@@ -191,17 +210,9 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
         )
         out[first:last] += audio.sum(dim=(0, 1))
     for segment in atom_set.floor:
-        lo, hi = floor.support(segment.start_s, segment.end_s, sample_rate=sr, n_samples=n)
-        if hi <= lo:
-            continue
-        white = white_noise(torch.tensor([segment.noise_seed]), n_samples=hi - lo, device=device)[0].double()
-        out[lo:hi] += floor.render(
-            torch.tensor(segment.level_db, dtype=torch.float64, device=device),
-            torch.tensor(segment.start_s),
-            torch.tensor(segment.end_s),
-            white,
-            sample_rate=sr,
-            first=lo,
-            duration_s=atom_set.duration_s,
+        level_db = torch.tensor(segment.level_db, dtype=torch.float64, device=device)
+        first, audio = render_floor_segment(
+            level_db, segment.start_s, segment.end_s, segment.noise_seed, sample_rate=sr, n_file=n
         )
+        out[first : first + audio.numel()] += audio
     return (out / atom_set.gain).float().cpu().numpy()

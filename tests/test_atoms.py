@@ -185,7 +185,10 @@ def test_the_noise_floor_renders_and_muting_it_removes_it():
     expected = floor.N_BANDS * 1e-7 / 1.7**2
     tail = alone[int(0.28 * SAMPLE_RATE) :]
     assert float(np.var(tail)) == pytest.approx(expected, rel=0.1)
-    assert not np.any(render_atom_set(replace(silent, floor=())))
+    # Every band at -100 dB (the README's way to mute it): 24 bands add up to -86 dB of full scale.
+    muted = tuple(replace(f, level_db=(-100.0,) * floor.N_BANDS) for f in atom_set.floor)
+    rest = render_atom_set(replace(silent, floor=muted))[int(0.28 * SAMPLE_RATE) :]
+    assert float(np.var(rest)) == pytest.approx(floor.N_BANDS * 1e-10 / 1.7**2, rel=0.1)
 
 
 def test_save_then_load_renders_bit_identically(tmp_path):

@@ -63,9 +63,7 @@ def test_rendered_floor_has_each_bands_variance_where_its_triangle_is():
     band = 15
     level_db[band] = -20.0
     white = white_noise(torch.tensor([3]), n_samples=n)[0].double()
-    audio = floor.render(
-        level_db, torch.tensor(0.0), torch.tensor(n / SR), white, sample_rate=SR, first=0, duration_s=n / SR
-    )
+    audio = floor.render(level_db, white, start_s=0.0, end_s=n / SR, first=0, sample_rate=SR, n_file=n)
     assert float(audio.var()) == pytest.approx(10 ** (-20 / 10), rel=0.03)
     spectrum = torch.fft.rfft(audio).abs() ** 2
     freqs = torch.fft.rfftfreq(n, d=1 / SR, dtype=torch.float64)
@@ -80,9 +78,7 @@ def test_fast_engine_floor_matches_the_rendered_floors_mean_spectrogram():
     gen = torch.Generator().manual_seed(0)
     level_db = -40.0 + 15.0 * torch.rand(floor.N_BANDS, generator=gen, dtype=torch.float64)
     white = white_noise(torch.tensor([5]), n_samples=n)[0].double()
-    audio = floor.render(
-        level_db, torch.tensor(0.0), torch.tensor(n / SR), white, sample_rate=SR, first=0, duration_s=n / SR
-    )
+    audio = floor.render(level_db, white, start_s=0.0, end_s=n / SR, first=0, sample_rate=SR, n_file=n)
     res = spectral.resolutions_for((2048,))
     grid = spectral.Grid(n_window=8192, step=64, pad=1024)
     plan = spectral.Plan(grid, res, sample_rate=SR, device=torch.device("cpu"))
@@ -104,9 +100,7 @@ def test_initial_levels_find_a_stationary_floor():
     n = 32768
     level_db = torch.full((floor.N_BANDS,), -50.0, dtype=torch.float64)
     white = white_noise(torch.tensor([7]), n_samples=n)[0].double()
-    audio = floor.render(
-        level_db, torch.tensor(0.0), torch.tensor(n / SR), white, sample_rate=SR, first=0, duration_s=n / SR
-    )
+    audio = floor.render(level_db, white, start_s=0.0, end_s=n / SR, first=0, sample_rate=SR, n_file=n)
     start = floor.quiet_levels_db(audio, SR)
     # A low percentile of noisy per-frame estimates lies a little under the truth; wide bands estimate tightly.
     assert ((start > -53.0) & (start < -49.0))[8:-1].all(), start
