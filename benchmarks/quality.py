@@ -9,7 +9,7 @@ Methods, each on every 2^15-sample clip of the audio folder:
 - ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed`` and ``--floor`` change
   n_iters, seed and noise_floor).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
-- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (179 atoms).
+- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (204 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
 - ``random_phase``: the clip's STFT magnitudes with random phases.
 
@@ -173,8 +173,9 @@ def plot_atoms(
         size = 10 + 240 * np.clip(1 + (gain_db - gain_db.max()) / 60, 0, 1)
         times_s = np.array([a.time_s for a in atoms])
         f0_hz = np.array([a.f0_hz for a in atoms])
-        # A line from the onset over one decay time shows how long each atom rings.
-        ends_s = np.minimum(times_s + [a.decay_s for a in atoms], len(audio) / sample_rate)
+        # A line from the onset to where the atom is 60 dB down (its decay, or its release if sooner).
+        rings_s = [min(a.decay_s, a.duration_s + a.release_s) for a in atoms]
+        ends_s = np.minimum(times_s + rings_s, len(audio) / sample_rate)
         ax.hlines(f0_hz, times_s, ends_s, colors="tab:orange", lw=0.8, alpha=0.6)
         points = ax.scatter(
             times_s,
@@ -186,7 +187,7 @@ def plot_atoms(
             vmax=1,
             edgecolors="black",
             linewidths=0.5,
-            label="splat atoms (size: gain, line: decay_s)",
+            label="splat atoms (size: gain, line: until 60 dB down)",
         )
         fig.colorbar(points, ax=ax, label="mix (0: noise burst, 1: tone)", pad=0.01)
     ax.set_ylim(25, sample_rate / 2)

@@ -23,13 +23,19 @@ from splat.files import write_text_atomic
 from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
-#: Versions 1 and 2 had no noise floor.
-READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
+#: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
+#: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
+READABLE_VERSIONS = (1, 2, 3, FORMAT_VERSION)
+#: Atom fields each version introduced: the resonance short part (2), the release (4).
+_ADDED_FIELDS = {
+    2: ("short_share", "short_decay_s", "short_rolloff_db"),
+    4: ("duration_s", "release_s"),
+}
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
 SAMPLE_RATE_RANGE = (8000, 192_000)
@@ -55,6 +61,9 @@ class Atom:
     short_share: float = 0.0
     short_decay_s: float = 0.3
     short_rolloff_db: float = 1.0
+    # Defaults: no release (as in format versions 1-3): the atom rings out.
+    duration_s: float = Bounds().duration_s.hi
+    release_s: float = 0.3
 
     @classmethod
     def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:
@@ -258,9 +267,11 @@ class AtomSet:
         if not isinstance(raw_atoms, list):
             raise FormatError("atoms must be a list of objects")
         bounds = Bounds.for_sample_rate(sample_rate)
-        if version == 1:  # no short part yet: with a share of 0 the atom renders as in version 1
-            no_short_part = {f.name: f.default for f in fields(Atom) if f.name.startswith("short_")}
-            raw_atoms = [{**no_short_part, **a} if isinstance(a, dict) else a for a in raw_atoms]
+        # Fields added after a version take `Atom`'s defaults, with which the atom renders as it did.
+        added = [name for since, names in _ADDED_FIELDS.items() if version < since for name in names]
+        if added:
+            defaults = {f.name: f.default for f in fields(Atom) if f.name in added}
+            raw_atoms = [{**defaults, **a} if isinstance(a, dict) else a for a in raw_atoms]
         atoms = [Atom.from_dict(a, index=i, bounds=bounds, duration_s=duration_s) for i, a in enumerate(raw_atoms)]
         if version == 1 and envelope == "gamma":
             atoms = [replace(a, spread_s=spread_from_version_1(a.attack_s, a.spread_s, bounds)) for a in atoms]

@@ -355,7 +355,10 @@ def info_command(
         )
         if atom_set.floor:
             _say(console, _floor_summary(atom_set))
-        table = Table(caption="mix: 0 = noise burst only, 1 = tone only; short_share: tone share ringing short_decay_s")
+        table = Table(
+            caption="mix: 0 = noise burst only, 1 = tone only; short_share: tone share ringing short_decay_s; "
+            "duration: onset to release (30 s = never released)"
+        )
         table.add_column("#", justify="right")
         for name in FIELDS:
             table.add_column(_column_label(name), justify="right")

@@ -9,7 +9,7 @@ The model of one atom, for u = time since its onset (seconds):
     burst(u)     = e(u) * band_noise(u)                                         (noise branch)
     resonance(u) = sqrt((1 - s) P_body(u)) * sum_k alpha_k cos(2 pi f_k u + phi_k)    (body)
                  - sqrt(s P_short(u))     * sum_k beta_k  sin(2 pi f_k u + phi_k)    (short part)
-    atom(u)      = g * (sqrt(1 - mix) * burst(u) + sqrt(mix) * resonance(u))
+    atom(u)      = g * r(u) * (sqrt(1 - mix) * burst(u) + sqrt(mix) * resonance(u))
 
 P_body is the mean power that the burst envelope e(u) produces when it drives a
 resonator of unit energy whose partials all fall by 60 dB in `decay_s`:
@@ -21,6 +21,10 @@ P_short is the same with `short_decay_s`; alpha_k and beta_k follow
 partials are in quadrature with the body's, so partial k's power is exactly
 (1 - s) alpha_k^2 P_body + s beta_k^2 P_short: two separable parts whose sum
 lets the upper partials of a strike fade before the fundamental.
+
+r(u) is the release: 1 until `duration_s` after the onset, then a fall of
+60 dB every `release_s` seconds (a damper on a string, a bow leaving it), on
+top of the atom's own decay (`release_gain`).
 """
 
 from __future__ import annotations
@@ -125,6 +129,26 @@ class _BurstEnvelope(torch.autograd.Function):
             grad_s.sum_to_size(spread_s.shape),
             None,
         )
+
+
+def release_gain(u_s: Tensor, duration_s: Tensor, release_s: Tensor, *, power: bool) -> Tensor:
+    """Release window r(u): 1 until `duration_s`, then falling 60 dB per `release_s` seconds.
+
+    r(u) = exp(-ln(1000) * max(0, u - duration_s) / release_s) in amplitude, its
+    square in power. It scales the whole atom, so its expected power spectrogram
+    stays separable (power on the grid times the same spectrum).
+
+    Args:
+        u_s: Time since the onset in seconds, shape (batch, atoms, points).
+        duration_s: Time from the onset to the release, shape (batch, atoms, 1).
+        release_s: 60 dB fall time after the release, shape (batch, atoms, 1).
+        power: Return r^2 (for power envelopes) instead of r.
+
+    Returns:
+        Window, shape (batch, atoms, points), in (0, 1].
+    """
+    rate = (2.0 if power else 1.0) * LN_1000 / release_s
+    return torch.exp((-rate * torch.relu(u_s - duration_s)).clamp_min(EXP_FLOOR))
 
 
 def resonance_power(e2: Tensor, decay_s: Tensor, *, step_samples: int, sample_rate: int) -> Tensor:

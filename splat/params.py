@@ -34,6 +34,8 @@ FIELDS: tuple[str, ...] = (
     "short_share",
     "short_decay_s",
     "short_rolloff_db",
+    "duration_s",
+    "release_s",
 )
 N_FIELDS = len(FIELDS)
 
@@ -75,6 +77,8 @@ class Bounds:
     short_share: Range = Range(0.0, 1.0)
     short_decay_s: Range = Range(0.01, 12.0, log=True)
     short_rolloff_db: Range = Range(0.1, 60.0, log=True)
+    duration_s: Range = Range(0.02, 30.0, log=True)
+    release_s: Range = Range(0.02, 3.0, log=True)
 
     @classmethod
     def for_sample_rate(cls, sample_rate: int) -> Bounds:
@@ -117,6 +121,8 @@ class AtomParams:
     short_share: Tensor
     short_decay_s: Tensor
     short_rolloff_db: Tensor
+    duration_s: Tensor
+    release_s: Tensor
 
     def stack(self) -> Tensor:
         """All fields as one tensor of shape (batch, atoms, n_fields), in `FIELDS` order."""

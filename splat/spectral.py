@@ -9,7 +9,8 @@ product:
     E[|X|^2](frame, bin) = N/2 * sum_branches  P(branch, frame) * psi(branch, bin)
 
 - P: each branch's power on a coarse time grid (closed-form burst envelope;
-  the resonance parts' decays applied in closed form by `dsp.resonance_power`),
+  the resonance parts' decays applied in closed form by `dsp.resonance_power`;
+  the atom's release window `dsp.release_gain` on all three),
   weighted by the squared analysis window (a strided window sum per resolution).
 - psi, noise: the gaussian band widened by the window's own spectral spread
   (variances add), normalised in closed form with erf.
@@ -186,7 +187,8 @@ def branch_powers(
     mix = params.mix.unsqueeze(-1)
     share = params.short_share.unsqueeze(-1)
     shares = torch.cat([g2 * (1.0 - mix), g2 * mix * (1.0 - share), g2 * mix * share], dim=1)
-    return shares * torch.cat([e2, res.flatten(1, 2)], dim=1)
+    release = dsp.release_gain(u, params.duration_s.unsqueeze(-1), params.release_s.unsqueeze(-1), power=True)
+    return shares * torch.cat([e2, res.flatten(1, 2)], dim=1) * release.repeat(1, 3, 1)
 
 
 def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:

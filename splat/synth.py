@@ -137,7 +137,8 @@ def render_atoms(
     ) * (u >= 0)
 
     gain = torch.pow(10.0, p["gain_db"] / 20.0)
-    return gain * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
+    release = dsp.release_gain(u, p["duration_s"], p["release_s"], power=False)
+    return gain * release * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
 
 
 def render_floor_segment(
@@ -168,13 +169,15 @@ def support_s(params: AtomParams) -> Tensor:
     """Seconds after its onset until an atom is TAIL_DB below its peak, shape (batch, atoms).
 
     A bound, not an exact value: the burst's tail plus the longer of the
-    resonance's two decays to -TAIL_DB. With T = TAIL_DB in nepers, the gamma burst's log-level
+    resonance's two decays to -TAIL_DB, or the release's fall to -TAIL_DB if sooner.
+    With T = TAIL_DB in nepers, the gamma burst's log-level
     k (ln x + 1 - x) <= k (1 - x / 2) is below -T from u = 2 a + 2 T theta on
     (theta <= spread), and the gaussian's from u = a + sqrt(2 T) spread.
     """
     tail_nepers = TAIL_DB / 20.0 * math.log(10.0)
     burst = 2.0 * params.attack_s + 2.0 * tail_nepers * params.spread_s
-    return burst + torch.maximum(params.decay_s, params.short_decay_s) * (TAIL_DB / 60.0)
+    ringing = burst + torch.maximum(params.decay_s, params.short_decay_s) * (TAIL_DB / 60.0)
+    return torch.minimum(ringing, params.duration_s + params.release_s * (TAIL_DB / 60.0))
 
 
 @torch.no_grad()

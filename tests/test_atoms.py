@@ -141,7 +141,7 @@ def test_a_version_1_atom_is_read_without_a_short_part():
     doc = with_short.to_dict()
     doc["version"] = 1
     for atom in doc["atoms"]:
-        for name in ("short_share", "short_decay_s", "short_rolloff_db"):
+        for name in ("short_share", "short_decay_s", "short_rolloff_db", "duration_s", "release_s"):
             del atom[name]
     assert AtomSet.from_dict(doc) == replace(plain, floor=()).with_atoms(plain.atoms)  # with_atoms sorts by time
 
@@ -151,6 +151,29 @@ def test_versions_before_3_have_no_noise_floor(version):
     doc = _atom_set().to_dict()
     doc["version"] = version
     assert AtomSet.from_dict(doc).floor == ()
+
+
+def test_a_version_3_atom_is_read_without_a_release():
+    # Version 3 had no release: its atoms take Atom's defaults, which never release them within
+    # any atom's ring (30 s is 150 dB down the longest decay, 12 s for 60 dB).
+    plain = _atom_set()
+    released = replace(plain, atoms=tuple(replace(a, duration_s=0.2, release_s=0.1) for a in plain.atoms))
+    doc = released.to_dict()
+    doc["version"] = 3
+    for atom in doc["atoms"]:
+        del atom["duration_s"], atom["release_s"]
+    loaded = AtomSet.from_dict(doc)
+    assert loaded == plain
+    bounds = Bounds.for_sample_rate(SAMPLE_RATE)
+    assert {a.duration_s for a in loaded.atoms} == {bounds.duration_s.hi}
+    assert bounds.duration_s.hi * 60.0 / bounds.decay_s.hi >= 150.0
+
+
+def test_a_version_4_atom_must_have_its_release():
+    doc = _atom_set().to_dict()
+    del doc["atoms"][2]["release_s"]
+    with pytest.raises(FormatError, match=r"^atoms\[2\]\.release_s is missing$"):
+        AtomSet.from_dict(doc)
 
 
 def test_a_version_2_atom_must_have_its_short_part():
@@ -165,7 +188,7 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 3
+    assert doc["version"] == FORMAT_VERSION == 4
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -349,7 +372,10 @@ def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[s
 
 
 DOCUMENT_ERRORS = {
-    "unknown version": (lambda d: _set(d, version=4), r"version=4 is not supported; this splat reads versions 1, 2, 3"),
+    "unknown version": (
+        lambda d: _set(d, version=5),
+        r"version=5 is not supported; this splat reads versions 1, 2, 3, 4",
+    ),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),
     "missing version": (lambda d: _without(d, "version"), r"version=None is not supported"),

@@ -462,3 +462,13 @@ def test_resonance_gradient_matches_finite_differences(rng, step):
     assert torch.autograd.gradcheck(
         lambda e, d: dsp.resonance_power(e, d, step_samples=step, sample_rate=SAMPLE_RATE), (e2, decay)
     )
+
+
+def test_release_gain_is_one_until_the_release_then_falls_60_db_per_release_time():
+    u = torch.tensor([[[0.0, 0.2, 0.3, 0.35, 0.4, 0.5]]], dtype=torch.float64)
+    duration, release = torch.full((1, 1, 1), 0.3, dtype=torch.float64), torch.full((1, 1, 1), 0.1, dtype=torch.float64)
+    amplitude = dsp.release_gain(u, duration, release, power=False)[0, 0]
+    level_db = 20.0 * torch.log10(amplitude)
+    np.testing.assert_allclose(level_db.numpy(), [0.0, 0.0, 0.0, -30.0, -60.0, -120.0], atol=1e-9)
+    power = dsp.release_gain(u, duration, release, power=True)[0, 0]
+    np.testing.assert_allclose(power.numpy(), (amplitude**2).numpy(), rtol=1e-12)

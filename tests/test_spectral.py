@@ -35,6 +35,8 @@ def _params(rng, n_atoms: int = 3) -> AtomParams:
         "short_share": rng.uniform(0.0, 1.0, shape),
         "short_decay_s": rng.uniform(0.03, 0.3, shape),
         "short_rolloff_db": rng.uniform(1, 10, shape),
+        "duration_s": rng.uniform(0.05, 0.5, shape),
+        "release_s": rng.uniform(0.05, 0.5, shape),
     }
     return AtomParams(**{k: torch.as_tensor(v) for k, v in values.items()})
 

@@ -139,8 +139,10 @@ def _reference(
         - np.sqrt(np.maximum(fast, 1e-12)) * carrier(atom.short_rolloff_db, np.sin)
     ) * after
 
+    # Release: from duration_s after the onset, a fall of 60 dB (a factor 1000) every release_s.
+    release = 1000.0 ** (-np.maximum(u - atom.duration_s, 0.0) / atom.release_s)
     g = 10.0 ** (atom.gain_db / 20.0)
-    return g * (math.sqrt(1.0 - atom.mix) * burst + math.sqrt(atom.mix) * tone)
+    return g * release * (math.sqrt(1.0 - atom.mix) * burst + math.sqrt(atom.mix) * tone)
 
 
 REFERENCE_ATOMS = [
@@ -155,6 +157,8 @@ REFERENCE_ATOMS = [
         short_share=0.6,
         short_decay_s=0.04,
         short_rolloff_db=0.2,
+        duration_s=0.12,
+        release_s=0.05,
     ),
     _atom(
         time_s=0.0,
@@ -166,7 +170,7 @@ REFERENCE_ATOMS = [
         short_share=0.0,  # as every version-1 atom
     ),
 ]
-REFERENCE_IDS = ["mid", "short-part-inharmonic", "onset-at-zero"]
+REFERENCE_IDS = ["mid", "short-part-inharmonic-released", "onset-at-zero"]
 
 
 def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarray) -> None:
@@ -378,8 +382,14 @@ def test_render_atom_set_is_the_sum_of_single_atom_renders():
 
 
 def test_render_atom_set_matches_a_full_window_render():
-    # Two groups (8 atoms per group); each group is rendered only until its atoms are 80 dB down.
-    atoms = [_atom(time_s=0.02 * i, f0_hz=110.0 * (i + 1), noise_seed=i, decay_s=0.05) for i in range(10)]
+    # Each atom is rendered only until it is 80 dB down: the odd ones by their own decay, the even
+    # ones (which would ring for seconds) by their release.
+    atoms = [
+        _atom(time_s=0.02 * i, f0_hz=110.0 * (i + 1), noise_seed=i, decay_s=0.05)
+        if i % 2
+        else _atom(time_s=0.02 * i, f0_hz=110.0 * (i + 1), noise_seed=i, decay_s=3.0, duration_s=0.03, release_s=0.04)
+        for i in range(10)
+    ]
     atom_set = _atom_set(atoms, duration_s=0.5, gain=0.5)
     rendered = synth.render_atom_set(atom_set)
     full = _render(atoms, n_samples=atom_set.n_samples).sum(axis=0) / atom_set.gain
@@ -454,7 +464,9 @@ def test_an_atom_at_the_very_end_renders_nothing():
 
 
 def test_render_atoms_is_differentiable_in_every_field():
-    params, seeds = _params([_atom(), _atom(time_s=0.15, mix=0.5, noise_seed=3)])
+    # Both atoms are released inside the 0.19 s rendered, so their release fields matter too.
+    atoms = [_atom(duration_s=0.04, release_s=0.1), _atom(time_s=0.15, mix=0.5, noise_seed=3, duration_s=0.02)]
+    params, seeds = _params(atoms)
     values = params.stack().clone().requires_grad_(True)
     white = synth.white_noise(seeds, n_samples=synth.noise_length(SAMPLE_RATE)).unsqueeze(0).double()
     audio = synth.render_atoms(
