@@ -20,6 +20,7 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/splat fit examples/piano.wav --force
 	$(BIN)/splat info examples/piano.atoms.json
+	$(BIN)/splat plot examples/piano.atoms.json --audio examples/piano.wav -o examples/piano.atoms.png --force
 	$(BIN)/splat render examples/piano.atoms.json -o examples/piano.render.wav --force
 	$(BIN)/python examples/edit_atoms.py
 

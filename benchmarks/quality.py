@@ -66,6 +66,7 @@ from splat.evaluate import (
 from splat.files import write_text_atomic
 from splat.fitting import FitConfig, fit
 from splat.params import N_FIELDS
+from splat.plot import plot_atoms
 
 CLIP_SAMPLES = 2**15
 METHODS = ("splat", "mp64", "mp_equal", "ltas", "random_phase")
@@ -133,70 +134,6 @@ def score(
         elif truth is not None:
             row["onset_f1"] = onset_f_measure(np.array(truth.onsets_s), onsets_s)
     return row
-
-
-def plot_atoms(
-    path: Path, audio: np.ndarray, sample_rate: int, atom_set: AtomSet | None, truth: GroundTruth | None
-) -> None:
-    """Save the clip's log-frequency spectrogram with splat's atoms (and the true notes) on it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import librosa
-    import librosa.display
-    import matplotlib.pyplot as plt
-
-    hop = 256
-    spec_db = librosa.amplitude_to_db(np.abs(librosa.stft(audio, n_fft=4096, hop_length=hop)), ref=np.max, top_db=80)
-    fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
-    mesh = librosa.display.specshow(
-        spec_db, sr=sample_rate, hop_length=hop, x_axis="time", y_axis="log", ax=ax, cmap="gray_r"
-    )
-    fig.colorbar(mesh, ax=ax, format="%+.0f dB", pad=0.01)
-    if truth is not None and truth.pitches_midi is not None:
-        ax.scatter(
-            truth.onsets_s,
-            librosa.midi_to_hz(np.array(truth.pitches_midi)),
-            marker="s",
-            s=90,
-            facecolors="none",
-            edgecolors="tab:green",
-            label="true notes",
-        )
-    elif truth is not None:
-        for onset_s in truth.onsets_s:
-            ax.axvline(onset_s, color="tab:green", lw=0.8, ls="--")
-    if atom_set is not None and atom_set.atoms:
-        atoms = atom_set.atoms
-        gain_db = np.array([a.gain_db for a in atoms])
-        # Marker area from 10 (60 dB below the loudest) to 250 (the loudest).
-        size = 10 + 240 * np.clip(1 + (gain_db - gain_db.max()) / 60, 0, 1)
-        times_s = np.array([a.time_s for a in atoms])
-        f0_hz = np.array([a.f0_hz for a in atoms])
-        # A line from the onset to where the atom is 60 dB down (its decay, or its release if sooner).
-        rings_s = [min(a.decay_s, a.duration_s + a.release_s) for a in atoms]
-        ends_s = np.minimum(times_s + rings_s, len(audio) / sample_rate)
-        ax.hlines(f0_hz, times_s, ends_s, colors="tab:orange", lw=0.8, alpha=0.6)
-        points = ax.scatter(
-            times_s,
-            f0_hz,
-            s=size,
-            c=[a.mix for a in atoms],
-            cmap="coolwarm",
-            vmin=0,
-            vmax=1,
-            edgecolors="black",
-            linewidths=0.5,
-            label="splat atoms (size: gain, line: until 60 dB down)",
-        )
-        fig.colorbar(points, ax=ax, label="mix (0: noise burst, 1: tone)", pad=0.01)
-    ax.set_ylim(25, sample_rate / 2)
-    shown = "no splat result yet" if atom_set is None else f"{len(atom_set.atoms)} splat atoms at (time_s, f0_hz)"
-    ax.set_title(f"{path.stem}: {shown}")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def machine() -> str:
@@ -369,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_plots:
             atoms_path = atoms_dir / f"{clip}.atoms.json"
             atom_set = AtomSet.load(atoms_path) if atoms_path.exists() else None
-            plot_atoms(args.out.parent / f"{clip}.png", audio, sample_rate, atom_set, truth)
+            plot_atoms(args.out.parent / f"{clip}.png", audio, sample_rate, atom_set, truth=truth)
 
     text = report(results)
     write_text_atomic(args.out, text)

@@ -32,12 +32,13 @@ from rich.text import Text
 
 from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
 from splat.audio import LoadedAudio, load_audio, output_format, write_audio
-from splat.errors import SplatError
-from splat.evaluate import evaluate_pair
+from splat.errors import ParameterError, SplatError
+from splat.evaluate import evaluate_pair, load_ground_truth
 from splat.files import atomic_path
 from splat.fitting import FitConfig, FitProgress, fit
 from splat.floor import band_centres_hz as floor_band_centres_hz
 from splat.params import FIELDS
+from splat.plot import plot_atoms
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
 
@@ -330,6 +331,37 @@ def render_command(
             f"rendered {len(atom_set.atoms)} atoms ({atom_set.duration_s:.2f} s at {atom_set.sample_rate} Hz)\n"
             f"wrote {out}",
         )
+
+
+@app.command("plot")
+def plot_command(
+    atoms_json: Annotated[Path, typer.Argument(metavar="ATOMS.json", help="Atoms file written by `splat fit`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT.png", help="PNG file to write.")],
+    audio: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="AUDIO",
+            help="Draw on this recording's spectrogram (e.g. the one that was fit); default: the atoms' own render.",
+        ),
+    ] = None,
+    notes: Annotated[
+        Path | None, typer.Option(metavar="TRUTH.json", help="Ground-truth notes or hits to draw as well.")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Draw the atoms on a spectrogram: a marker per atom at (onset s, f0 Hz), sized by gain, coloured by mix."""
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        if out.suffix.lower() != ".png":
+            raise ParameterError(f"cannot write {out}: the plot is a PNG, so OUT must end in .png")
+        atom_set = AtomSet.load(atoms_json)
+        truth = None if notes is None else load_ground_truth(notes)
+        if audio is None:
+            samples, source = render_atom_set(atom_set), "their own render"
+        else:
+            samples, source = load_audio(audio, sample_rate=atom_set.sample_rate).samples, str(audio)
+        plot_atoms(out, samples, atom_set.sample_rate, atom_set, truth=truth)
+        _say(_stdout(), f"drew {len(atom_set.atoms)} atoms on the spectrogram of {source}\nwrote {out}")
 
 
 def _column_label(name: str) -> str:

@@ -52,12 +52,12 @@ _NOMINAL_NOTE_S = 0.1
 _MEL_FLOOR_POWER = 1e-10
 
 
-def _require(module: str) -> Any:
-    """Import an `eval`-extra module, or raise SplatError saying how to install it."""
+def require_optional(module: str) -> Any:
+    """Import a module of the `eval` extra, or raise SplatError saying how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise SplatError(f"evaluation needs the optional package {module!r}: pip install splat[eval]") from exc
+        raise SplatError(f"this needs the optional package {module!r}: pip install splat[eval]") from exc
 
 
 def _check_signal(name: str, audio: np.ndarray) -> np.ndarray:
@@ -108,7 +108,7 @@ def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rat
         SplatError: If auraloss is not installed.
     """
     ref, est = _check_pair(original, reconstruction, sample_rate)
-    freq = _require("auraloss.freq")
+    freq = require_optional("auraloss.freq")
     loss = freq.MultiResolutionSTFTLoss()
     with torch.no_grad():
         value = loss(torch.from_numpy(est).reshape(1, 1, -1), torch.from_numpy(ref).reshape(1, 1, -1))
@@ -181,7 +181,7 @@ def visqol_mos(original: np.ndarray, reconstruction: np.ndarray, sample_rate: in
         raise ParameterError(
             f"ViSQOL needs at least {VISQOL_MIN_SAMPLES_48K / VISQOL_SAMPLE_RATE:g} s of audio, got {duration_s:.3f} s"
         )
-    visqol = _require("visqol")
+    visqol = require_optional("visqol")
     ref_48k, est_48k = (
         librosa.resample(a, orig_sr=sample_rate, target_sr=VISQOL_SAMPLE_RATE).astype(np.float64) for a in (ref, est)
     )
@@ -309,7 +309,7 @@ def transcription_scores(
     if est_onsets.size == 0:
         # mir_eval would warn and return zeros; say so directly instead.
         return {"precision": 0.0, "recall": 0.0, "f1": 0.0, "event_atoms_per_note": 0.0}
-    transcription = _require("mir_eval.transcription")
+    transcription = require_optional("mir_eval.transcription")
     precision, recall, f1, _ = transcription.precision_recall_f1_overlap(
         _nominal_intervals(ref_onsets),
         librosa.midi_to_hz(ref_midi),
@@ -342,7 +342,7 @@ def onset_f_measure(ref_onsets_s: np.ndarray, est_onsets_s: np.ndarray) -> float
     est = np.sort(np.asarray(est_onsets_s, dtype=np.float64).reshape(-1))
     if ref.size == 0 or est.size == 0:
         return 0.0
-    onset = _require("mir_eval.onset")
+    onset = require_optional("mir_eval.onset")
     f_measure, _, _ = onset.f_measure(ref, est, window=ONSET_TOLERANCE_S)
     return float(f_measure)
 

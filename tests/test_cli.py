@@ -99,7 +99,7 @@ def test_help_says_what_splat_is():
     result = run("--help")
     assert result.exit_code == 0
     assert "editable sound events" in result.output
-    for command in ("fit", "render", "info", "eval"):
+    for command in ("fit", "render", "info", "plot", "eval"):
         assert command in result.output
 
 
@@ -448,3 +448,34 @@ def test_fit_with_floor_writes_it_and_info_summarises_it(clip_wav):
 
 def test_info_of_a_file_without_floor_does_not_mention_one(atoms_json):
     assert "noise floor" not in run("info", atoms_json).stdout
+
+
+# --- plot -------------------------------------------------------------------------------
+
+
+def test_plot_writes_a_png_over_the_given_audio_or_the_render(atoms_json, tmp_path):
+    audio_path = tmp_path / "original.wav"
+    sf.write(audio_path, render_atom_set(hand_made_atom_set()), 22050)
+    for extra in ([], ["--audio", audio_path]):
+        out = tmp_path / f"atoms{len(extra)}.png"
+        result = run("plot", atoms_json, "-o", out, *extra)
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "drew 3 atoms" in result.stdout and str(out) in result.stdout
+
+
+def test_plot_refuses_other_suffixes_and_existing_files_and_writes_nothing(atoms_json, tmp_path):
+    before = files_in(tmp_path)
+    assert_one_error_line(run("plot", atoms_json, "-o", tmp_path / "atoms.jpg"), mentions="must end in .png")
+    assert files_in(tmp_path) == before
+    out = tmp_path / "atoms.png"
+    out.write_bytes(b"precious")
+    assert_one_error_line(run("plot", atoms_json, "-o", out), mentions="pass --force")
+    assert out.read_bytes() == b"precious"
+
+
+def test_plot_of_a_bad_atoms_file_is_one_error_line(tmp_path):
+    bad = tmp_path / "bad.atoms.json"
+    bad.write_text('{"format": "splat.atoms", "version": 99}')
+    assert_one_error_line(run("plot", bad, "-o", tmp_path / "x.png"), mentions="version=99")
+    assert not (tmp_path / "x.png").exists()
