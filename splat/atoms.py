@@ -321,7 +321,7 @@ def spread_from_version_1(attack_s: float, spread_s: float, bounds: Bounds) -> f
 
 
 def _floor_segments(doc: dict[str, Any], sample_rate: int, duration_s: float) -> tuple[FloorSegment, ...]:
-    """The `noise_floor` object of a version-3 document (absent: no floor)."""
+    """The `noise_floor` object of a document of version 3 or later (absent: no floor)."""
     section = doc.get("noise_floor", {"segments": []})
     if not isinstance(section, dict) or not isinstance(section.get("segments"), list):
         raise FormatError("noise_floor must be an object with a list of segments")
