@@ -90,8 +90,8 @@ def setup():
         ("short_decay_s", 0, np.log(np.geomspace(0.5, 2.0, 9))),
         ("short_share", 2, np.log(np.geomspace(0.5, 2.0, 9))),
         ("short_rolloff_db", 1, np.log(np.geomspace(0.5, 2.0, 9))),
-        # Atom 2's release: atom 0's tail shares a partial with atom 1 (660 Hz), where a render's
-        # amplitudes add but expected powers add, so its release is a weaker test of the model.
+        # Atom 2's release: atom 0's tail shares a partial with atom 1 (660 Hz), where the render's
+        # two partials interfere while the fast engine adds their powers, so it is a weaker test.
         ("duration_s", 2, np.log(np.geomspace(0.5, 2.0, 9))),
         ("release_s", 2, np.log(np.geomspace(0.5, 2.0, 9))),
     ],
