@@ -23,18 +23,19 @@ from splat.files import write_text_atomic
 from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
-READABLE_VERSIONS = (1, 2, 3, FORMAT_VERSION)
+READABLE_VERSIONS = (1, 2, 3, 4, FORMAT_VERSION)
 #: Atom fields each version introduced: the resonance short part (2), the release (4).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
     4: ("duration_s", "release_s"),
+    5: ("formant_hz", "formant_db"),
 }
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
@@ -64,6 +65,9 @@ class Atom:
     # Defaults: no release (as in format versions 1-3): the atom rings out.
     duration_s: float = Bounds().duration_s.hi
     release_s: float = 0.3
+    # Defaults: no formant (as in format versions 1-4): the partials follow the rolloffs alone.
+    formant_hz: float = 1000.0
+    formant_db: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:

@@ -17,8 +17,9 @@ P = e^2 * h^2 with h^2(n) = (1 - q) q^n, q = exp(-2 / (tau * sr)),
 tau = decay_s / ln(1000). So the resonance carries the burst's energy, rings
 with the resonator's decay, and `mix` is the share of the atom's energy in it.
 P_short is the same with `short_decay_s`; alpha_k and beta_k follow
-`rolloff_db` and `short_rolloff_db`, and s = `short_share`. The short
-partials are in quadrature with the body's, so partial k's power is exactly
+`rolloff_db` and `short_rolloff_db` under one formant (`formant_gains`), and
+s = `short_share`. The short partials are in quadrature with the body's, so
+partial k's power is exactly
 (1 - s) alpha_k^2 P_body + s beta_k^2 P_short: two separable parts whose sum
 lets the upper partials of a strike fade before the fundamental.
 
@@ -37,6 +38,8 @@ from torch import Tensor
 LN_1000 = math.log(1000.0)  # amplitude ratio of a 60 dB decay, as a natural log
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 HANN_MEAN_SQUARE = 0.375  # mean of w^2 for a Hann window
+#: Width of an atom's formant at half its boost (in power), in octaves.
+FORMANT_OCTAVES = 1.0
 #: Lowest exponent passed to exp (e^-80 ~ 2e-35, below any level that matters). Besides
 #: avoiding underflow, this matters for speed: torch's CPU exp is 10-40x slower on inputs
 #: below about -87, where float32 results underflow.
@@ -263,24 +266,41 @@ def n_audible_partials(f0_hz: Tensor, inharmonicity: Tensor, *, nyquist_hz: floa
         return k.clamp(0, n_partials)
 
 
-def partial_weights(rolloff_db: Tensor, k: Tensor, n_active: Tensor) -> Tensor:
-    """Energy share c_k of partial k: geometric roll-off, normalised in closed form.
+def partial_weights(rolloff_db: Tensor, k: Tensor, n_active: Tensor, gains: Tensor | None = None) -> Tensor:
+    """Energy share c_k of partial k: a geometric roll-off, optionally shaped by per-partial gains.
 
-    c_k = rho^(k-1) (1 - rho) / (1 - rho^K) for 1 <= k <= K, else 0, where
-    rho = 10^(-rolloff_db / 10) is the power ratio between neighbouring partials
-    and K = `n_active`. The weights of the K audible partials sum to 1.
+    Without gains, c_k = rho^(k-1) (1 - rho) / (1 - rho^K) for 1 <= k <= K, else 0,
+    where rho = 10^(-rolloff_db / 10) is the power ratio between neighbouring
+    partials and K = `n_active`: normalised in closed form. With gains g_k,
+    c_k is proportional to rho^(k-1) g_k and normalised by its sum over the last
+    axis, which must then hold every partial 1..max K. Either way the weights of
+    the K audible partials sum to 1.
 
     Args:
         rolloff_db: Level drop per partial in dB, shape (..., 1) broadcastable to k.
         k: Partial numbers (float), any shape broadcastable with the others.
         n_active: Audible partial count K, broadcastable.
+        gains: Power gain of each partial (`formant_gains`), broadcastable, or None.
     """
     log_rho = -rolloff_db * (math.log(10.0) / 10.0)
-    norm = -torch.expm1(log_rho) / -torch.expm1(n_active.clamp_min(1) * log_rho)
     inside = (k >= 1) & (k <= n_active)
-    return torch.where(
-        inside, torch.exp(((k - 1.0).clamp_min(0) * log_rho).clamp_min(EXP_FLOOR)) * norm, torch.zeros_like(k * norm)
-    )
+    geometric = torch.exp(((k - 1.0).clamp_min(0) * log_rho).clamp_min(EXP_FLOOR))
+    if gains is None:
+        norm = -torch.expm1(log_rho) / -torch.expm1(n_active.clamp_min(1) * log_rho)
+        return torch.where(inside, geometric * norm, torch.zeros_like(k * norm))
+    shaped = torch.where(inside, geometric * gains, torch.zeros_like(geometric * gains))
+    return shaped / shaped.sum(-1, keepdim=True).clamp_min(1e-30)
+
+
+def formant_gains(freq_hz: Tensor, formant_hz: Tensor, formant_db: Tensor) -> Tensor:
+    """Power gain of a partial at `freq_hz` from the atom's formant: a bump on a log-frequency axis.
+
+    g = 1 + (10^(formant_db / 10) - 1) exp(-(log2(f / formant_hz))^2 / (2 s^2)), with
+    s = FORMANT_OCTAVES / FWHM_PER_SIGMA: `formant_db` at the centre, half of it in
+    power FORMANT_OCTAVES / 2 away, 1 (no change) far from it or at 0 dB.
+    """
+    z = torch.log2(freq_hz / formant_hz) * (FWHM_PER_SIGMA / FORMANT_OCTAVES)
+    return 1.0 + torch.expm1(formant_db * (math.log(10.0) / 10.0)) * torch.exp(-0.5 * z * z)
 
 
 def partial_phases(k: Tensor, *, n_partials: int) -> Tensor:

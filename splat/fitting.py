@@ -70,6 +70,8 @@ START_SHAPE = {
     "short_decay_s": 1.5,
     "short_rolloff_db": 4.0,
     "release_s": 0.3,
+    "formant_hz": 2500.0,
+    "formant_db": 3.0,
 }
 #: An atom starts with its release START_OVERLAP times as far from its onset as the next
 #: onset the analysis found at least MIN_START_DURATION_S later, or LAST_START_DURATION_S

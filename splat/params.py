@@ -36,6 +36,8 @@ FIELDS: tuple[str, ...] = (
     "short_rolloff_db",
     "duration_s",
     "release_s",
+    "formant_hz",
+    "formant_db",
 )
 N_FIELDS = len(FIELDS)
 
@@ -79,6 +81,8 @@ class Bounds:
     short_rolloff_db: Range = Range(0.1, 60.0, log=True)
     duration_s: Range = Range(0.02, 30.0, log=True)
     release_s: Range = Range(0.02, 3.0, log=True)
+    formant_hz: Range = Range(100.0, 9_000.0, log=True)
+    formant_db: Range = Range(0.0, 30.0)
 
     @classmethod
     def for_sample_rate(cls, sample_rate: int) -> Bounds:
@@ -91,6 +95,7 @@ class Bounds:
             noise_center_hz=Range(base.noise_center_hz.lo, min(base.noise_center_hz.hi, top), log=True),
             noise_bandwidth_hz=Range(base.noise_bandwidth_hz.lo, min(base.noise_bandwidth_hz.hi, 2 * top), log=True),
             f0_hz=Range(base.f0_hz.lo, min(base.f0_hz.hi, top), log=True),
+            formant_hz=Range(base.formant_hz.lo, min(base.formant_hz.hi, top), log=True),
         )
 
     def range_of(self, name: str) -> Range:
@@ -123,6 +128,8 @@ class AtomParams:
     short_rolloff_db: Tensor
     duration_s: Tensor
     release_s: Tensor
+    formant_hz: Tensor
+    formant_db: Tensor
 
     def stack(self) -> Tensor:
         """All fields as one tensor of shape (batch, atoms, n_fields), in `FIELDS` order."""

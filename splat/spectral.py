@@ -266,10 +266,12 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tup
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
     n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials)
     rolloffs = torch.stack([params.rolloff_db, params.short_rolloff_db]).unsqueeze(-1)  # (2, segments, atoms, 1)
-    weights = dsp.partial_weights(rolloffs, k, n_active)  # (2, segments, atoms, partials)
+    freqs = dsp.partial_frequencies(f0, b, k)  # (segments, atoms, partials)
+    gains = dsp.formant_gains(freqs, params.formant_hz.unsqueeze(-1), params.formant_db.unsqueeze(-1))
+    weights = dsp.partial_weights(rolloffs, k, n_active, gains)  # (2, segments, atoms, partials)
     # Layout (taps, res, segments, atoms, partials): broadcasts run over long contiguous rows.
     bin_hz = plan.bin_hz.reshape(-1, 1, 1, 1)
-    position = dsp.partial_frequencies(f0, b, k) / bin_hz  # (res, segments, atoms, partials), in bins
+    position = freqs / bin_hz  # (res, segments, atoms, partials), in bins
     n_segments, n_atoms = params.f0_hz.shape
     with torch.no_grad():
         slot = torch.floor(position) + plan.taps.reshape(-1, 1, 1, 1, 1)

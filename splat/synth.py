@@ -122,13 +122,16 @@ def render_atoms(
     u64, f0, b = u.double(), p["f0_hz"].double(), p["inharmonicity"].double()
     body_carrier, short_carrier = torch.zeros_like(u64), torch.zeros_like(u64)
     # Partials past the audible count have zero weight: stop at the largest count in the batch.
-    for k in range(1, int(n_active.max()) + 1 if n_active.numel() else 1):
-        kk = torch.tensor(float(k), device=u.device, dtype=torch.float64)
-        angle = 2.0 * math.pi * dsp.partial_frequencies(f0, b, kk) * u64 + dsp.partial_phases(kk, n_partials=n_partials)
-        body_amp = torch.sqrt(2.0 * dsp.partial_weights(p["rolloff_db"].double(), kk, n_active.double()))
-        short_amp = torch.sqrt(2.0 * dsp.partial_weights(p["short_rolloff_db"].double(), kk, n_active.double()))
-        body_carrier = body_carrier + body_amp * torch.cos(angle)
-        short_carrier = short_carrier - short_amp * torch.sin(angle)
+    n_max = int(n_active.max()) if n_active.numel() else 0
+    ks = torch.arange(1, n_max + 1, device=u.device, dtype=torch.float64)
+    freqs = dsp.partial_frequencies(f0, b, ks)  # (batch, atoms, n_max)
+    gains = dsp.formant_gains(freqs, p["formant_hz"].double(), p["formant_db"].double())
+    body_amps = _amplitudes(dsp.partial_weights(p["rolloff_db"].double(), ks, n_active.double(), gains))
+    short_amps = _amplitudes(dsp.partial_weights(p["short_rolloff_db"].double(), ks, n_active.double(), gains))
+    for k in range(1, n_max + 1):
+        angle = 2.0 * math.pi * freqs[..., k - 1 : k] * u64 + dsp.partial_phases(ks[k - 1], n_partials=n_partials)
+        body_carrier = body_carrier + body_amps[..., k - 1 : k] * torch.cos(angle)
+        short_carrier = short_carrier - short_amps[..., k - 1 : k] * torch.sin(angle)
     share = p["short_share"]
     # Floor at -120 dB: the square root has an infinite slope at 0 (NaN gradients).
     tone = (
@@ -139,6 +142,16 @@ def render_atoms(
     gain = torch.pow(10.0, p["gain_db"] / 20.0)
     release = dsp.release_gain(u, p["duration_s"], p["release_s"], power=False)
     return gain * release * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
+
+
+def _amplitudes(weights: Tensor) -> Tensor:
+    """Cosine amplitudes sqrt(2 c_k) of partials with energy shares c_k, with slope 0 (not infinite) where c_k = 0.
+
+    Silent partials (past the audible count) share the normalising sum with the
+    audible ones, so an infinite slope there would turn their gradients into NaN.
+    """
+    audible = weights > 0
+    return torch.where(audible, torch.sqrt(2.0 * torch.where(audible, weights, 1.0)), 0.0)
 
 
 def render_floor_segment(

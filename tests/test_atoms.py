@@ -143,6 +143,7 @@ def test_a_version_1_atom_is_read_without_a_short_part():
     for atom in doc["atoms"]:
         for name in ("short_share", "short_decay_s", "short_rolloff_db", "duration_s", "release_s"):
             del atom[name]
+        del atom["formant_hz"], atom["formant_db"]
     assert AtomSet.from_dict(doc) == replace(plain, floor=()).with_atoms(plain.atoms)  # with_atoms sorts by time
 
 
@@ -161,7 +162,7 @@ def test_a_version_3_atom_is_read_without_a_release():
     doc = released.to_dict()
     doc["version"] = 3
     for atom in doc["atoms"]:
-        del atom["duration_s"], atom["release_s"]
+        del atom["duration_s"], atom["release_s"], atom["formant_hz"], atom["formant_db"]
     loaded = AtomSet.from_dict(doc)
     assert loaded == plain
     bounds = Bounds.for_sample_rate(SAMPLE_RATE)
@@ -169,10 +170,23 @@ def test_a_version_3_atom_is_read_without_a_release():
     assert bounds.duration_s.hi * 60.0 / bounds.decay_s.hi >= 150.0
 
 
-def test_a_version_4_atom_must_have_its_release():
+def test_a_version_4_atom_is_read_without_a_formant():
+    # Version 4 had no formant: its atoms take Atom's defaults, a 0 dB formant (no change).
+    plain = _atom_set()
+    assert {a.formant_db for a in plain.atoms} == {0.0}
+    shaped = replace(plain, atoms=tuple(replace(a, formant_hz=2000.0, formant_db=12.0) for a in plain.atoms))
+    doc = shaped.to_dict()
+    doc["version"] = 4
+    for atom in doc["atoms"]:
+        del atom["formant_hz"], atom["formant_db"]
+    assert AtomSet.from_dict(doc) == plain
+
+
+@pytest.mark.parametrize("name", ["release_s", "formant_db"])
+def test_a_version_5_atom_must_have_its_release_and_formant(name):
     doc = _atom_set().to_dict()
-    del doc["atoms"][2]["release_s"]
-    with pytest.raises(FormatError, match=r"^atoms\[2\]\.release_s is missing$"):
+    del doc["atoms"][2][name]
+    with pytest.raises(FormatError, match=rf"^atoms\[2\]\.{name} is missing$"):
         AtomSet.from_dict(doc)
 
 
@@ -188,7 +202,7 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 4
+    assert doc["version"] == FORMAT_VERSION == 5
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -373,8 +387,8 @@ def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[s
 
 DOCUMENT_ERRORS = {
     "unknown version": (
-        lambda d: _set(d, version=5),
-        r"version=5 is not supported; this splat reads versions 1, 2, 3, 4",
+        lambda d: _set(d, version=6),
+        r"version=6 is not supported; this splat reads versions 1, 2, 3, 4, 5",
     ),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),

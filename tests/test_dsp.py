@@ -472,3 +472,29 @@ def test_release_gain_is_one_until_the_release_then_falls_60_db_per_release_time
     np.testing.assert_allclose(level_db.numpy(), [0.0, 0.0, 0.0, -30.0, -60.0, -120.0], atol=1e-9)
     power = dsp.release_gain(u, duration, release, power=True)[0, 0]
     np.testing.assert_allclose(power.numpy(), (amplitude**2).numpy(), rtol=1e-12)
+
+
+def test_formant_gains_boost_the_centre_and_half_the_excess_half_an_octave_away():
+    formant_hz, formant_db = torch.tensor(2000.0, dtype=torch.float64), torch.tensor(12.0, dtype=torch.float64)
+    freqs = torch.tensor([2000.0, 2000.0 * 2**0.5, 2000.0 / 2**0.5, 50.0], dtype=torch.float64)
+    gains = dsp.formant_gains(freqs, formant_hz, formant_db).numpy()
+    peak = 10**1.2
+    np.testing.assert_allclose(gains[:3], [peak, 1 + (peak - 1) / 2, 1 + (peak - 1) / 2], rtol=1e-12)
+    assert gains[3] == pytest.approx(1.0, abs=1e-9)  # 5.3 octaves away
+    flat = dsp.formant_gains(freqs, formant_hz, torch.tensor(0.0, dtype=torch.float64))
+    np.testing.assert_array_equal(flat.numpy(), np.ones(4))
+
+
+def test_partial_weights_with_gains_sum_to_one_and_match_the_closed_form_without_a_boost():
+    k = torch.arange(1, 21, dtype=torch.float64)
+    n_active = torch.tensor([[12.0]], dtype=torch.float64)
+    rolloff = torch.tensor([[4.0]], dtype=torch.float64)
+    plain = dsp.partial_weights(rolloff, k, n_active)
+    flat = dsp.partial_weights(rolloff, k, n_active, torch.ones(20, dtype=torch.float64))
+    np.testing.assert_allclose(flat.numpy(), plain.numpy(), rtol=1e-12, atol=1e-15)
+    gains = dsp.formant_gains(k * 200.0, torch.tensor(1000.0), torch.tensor(15.0)).double()
+    shaped = dsp.partial_weights(rolloff, k, n_active, gains)
+    assert float(shaped.sum()) == pytest.approx(1.0, rel=1e-12)
+    assert torch.all(shaped[..., 12:] == 0)  # nothing above the audible count
+    ratio = (shaped / plain)[..., :12]
+    assert int(ratio.argmax()) == 4  # partial 5 (1000 Hz) gains most

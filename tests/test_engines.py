@@ -26,9 +26,17 @@ SR = 22050
 N = 16384
 
 
-def _atom(time_s: float, f0_hz: float, gain_db: float, seed: int, release: tuple[float, float] | None = None) -> Atom:
-    """A two-part tone; `release` = (duration_s, release_s), or None to let it ring out."""
+def _atom(
+    time_s: float,
+    f0_hz: float,
+    gain_db: float,
+    seed: int,
+    release: tuple[float, float] | None = None,
+    formant: tuple[float, float] | None = None,
+) -> Atom:
+    """A two-part tone; `release` = (duration_s, release_s) and `formant` = (formant_hz, formant_db), or None."""
     duration_s, release_s = release or (Atom.duration_s, Atom.release_s)
+    formant_hz, formant_db = formant or (Atom.formant_hz, Atom.formant_db)
     return Atom(
         time_s=time_s,
         gain_db=gain_db,
@@ -47,6 +55,8 @@ def _atom(time_s: float, f0_hz: float, gain_db: float, seed: int, release: tuple
         short_rolloff_db=1.5,
         duration_s=duration_s,
         release_s=release_s,
+        formant_hz=formant_hz,
+        formant_db=formant_db,
     )
 
 
@@ -55,7 +65,7 @@ def setup():
     truth = AtomSet(
         atoms=(
             _atom(0.05, 220.0, -6.0, 1, release=(0.2, 0.1)),
-            _atom(0.30, 330.0, -8.0, 2),
+            _atom(0.30, 330.0, -8.0, 2, formant=(1500.0, 12.0)),
             _atom(0.45, 523.25, -7.0, 3, release=(0.15, 0.2)),
         ),
         sample_rate=SR,
@@ -94,6 +104,8 @@ def setup():
         # two partials interfere while the fast engine adds their powers, so it is a weaker test.
         ("duration_s", 2, np.log(np.geomspace(0.5, 2.0, 9))),
         ("release_s", 2, np.log(np.geomspace(0.5, 2.0, 9))),
+        ("formant_hz", 1, np.log(np.geomspace(0.7, 1.4, 9))),
+        ("formant_db", 1, np.log(np.geomspace(0.5, 2.0, 9))),
     ],
 )
 def test_both_engines_have_their_minimum_at_the_truth(setup, field, atom, offsets):
@@ -126,7 +138,7 @@ def test_losses_differ_by_the_offset_at_the_truth_plus_at_most_15_percent(setup)
     offset = float(loss("fast", raw) - loss("reference", raw))
     gen = torch.Generator().manual_seed(0)
     # Noise fields play no part at mix = 1 (FIELDS order).
-    scale = torch.tensor([0.1, 1, 1, 1, 0, 0, 0.1, 0.5, 1, 1, 0, 1, 1, 1, 1, 1])
+    scale = torch.tensor([0.1, 1, 1, 1, 0, 0, 0.1, 0.5, 1, 1, 0, 1, 1, 1, 1, 1, 1, 1])
     for _ in range(4):
         moved = raw + 0.15 * torch.randn(raw.shape, generator=gen) * scale
         fast, ref = float(loss("fast", moved)), float(loss("reference", moved))

@@ -181,6 +181,7 @@ def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
         attack_s=0.01, spread_s=0.01, noise_center_hz=1000.0, noise_bandwidth_hz=500.0,
         inharmonicity=1e-4, rolloff_db=4.0, decay_s=1.0, mix=0.9,
         short_share=0.3, short_decay_s=0.2, short_rolloff_db=1.5, duration_s=0.5, release_s=0.2,
+        formant_hz=2000.0, formant_db=6.0,
     )  # fmt: skip
     shape = (2, 3)
     fields = {k: torch.full(shape, v) for k, v in base.items()}
@@ -269,6 +270,8 @@ def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spec
         "short_rolloff_db": [2.0, 6.0],
         "duration_s": [0.3, 30.0],
         "release_s": [0.1, 0.3],
+        "formant_hz": [1500.0, 3000.0],
+        "formant_db": [9.0, 0.0],
     }
     params = AtomParams(**{k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()})
     bounds = Bounds.for_sample_rate(22050)

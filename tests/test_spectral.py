@@ -37,6 +37,8 @@ def _params(rng, n_atoms: int = 3) -> AtomParams:
         "short_rolloff_db": rng.uniform(1, 10, shape),
         "duration_s": rng.uniform(0.05, 0.5, shape),
         "release_s": rng.uniform(0.05, 0.5, shape),
+        "formant_hz": rng.uniform(500, 4000, shape),
+        "formant_db": rng.uniform(0, 20, shape),
     }
     return AtomParams(**{k: torch.as_tensor(v) for k, v in values.items()})
 

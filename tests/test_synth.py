@@ -121,13 +121,23 @@ def _reference(
     # phases; the short part's partials lag the body's by a quarter period (-sin instead of cos).
     partials = [(k, k * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * k * k)) for k in range(1, n_partials + 1)]
     audible = [(k, f) for k, f in partials if f < sr / 2]
-    n_audible = len(audible)
+
+    # The formant: a power gain 10^(formant_db / 10) at formant_hz, falling as a gaussian in octaves
+    # to half its excess 0.5 octave away; the shares are renormalised to sum to 1.
+    sigma_octaves = 1.0 / FWHM_PER_SIGMA
+    boost = {
+        k: 1.0
+        + (10.0 ** (atom.formant_db / 10.0) - 1.0)
+        * math.exp(-0.5 * (math.log2(f / atom.formant_hz) / sigma_octaves) ** 2)
+        for k, f in audible
+    }
 
     def carrier(rolloff_db: float, wave) -> np.ndarray:
         rho = 10.0 ** (-rolloff_db / 10.0)
+        total = sum(rho ** (k - 1) * boost[k] for k, _ in audible)
         out = np.zeros(n_samples)
         for k, f in audible:
-            share = rho ** (k - 1) * (1.0 - rho) / (1.0 - rho**n_audible)
+            share = rho ** (k - 1) * boost[k] / total
             out += math.sqrt(2.0 * share) * wave(2.0 * math.pi * f * u + math.pi * k * (k - 1) / n_partials)
         return out
 
@@ -159,6 +169,8 @@ REFERENCE_ATOMS = [
         short_rolloff_db=0.2,
         duration_s=0.12,
         release_s=0.05,
+        formant_hz=3000.0,
+        formant_db=15.0,
     ),
     _atom(
         time_s=0.0,
@@ -170,7 +182,7 @@ REFERENCE_ATOMS = [
         short_share=0.0,  # as every version-1 atom
     ),
 ]
-REFERENCE_IDS = ["mid", "short-part-inharmonic-released", "onset-at-zero"]
+REFERENCE_IDS = ["mid", "short-part-inharmonic-released-formant", "onset-at-zero"]
 
 
 def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarray) -> None:
@@ -464,8 +476,13 @@ def test_an_atom_at_the_very_end_renders_nothing():
 
 
 def test_render_atoms_is_differentiable_in_every_field():
-    # Both atoms are released inside the 0.19 s rendered, so their release fields matter too.
-    atoms = [_atom(duration_s=0.04, release_s=0.1), _atom(time_s=0.15, mix=0.5, noise_seed=3, duration_s=0.02)]
+    # Both atoms are released inside the 0.19 s rendered and have a formant, so those fields matter
+    # too; the second has only 3 of the 8 partials below Nyquist (silent ones must not give NaN).
+    shape = dict(formant_hz=1000.0, formant_db=6.0)
+    atoms = [
+        _atom(duration_s=0.04, release_s=0.1, **shape),
+        _atom(time_s=0.15, mix=0.5, noise_seed=3, duration_s=0.02, f0_hz=3000.0, **shape),
+    ]
     params, seeds = _params(atoms)
     values = params.stack().clone().requires_grad_(True)
     white = synth.white_noise(seeds, n_samples=synth.noise_length(SAMPLE_RATE)).unsqueeze(0).double()
