@@ -30,8 +30,9 @@ FORMAT_VERSION = 5
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
+#: Versions 1-4 had no formant: their atoms get a 0 dB one (no change).
 READABLE_VERSIONS = (1, 2, 3, 4, FORMAT_VERSION)
-#: Atom fields each version introduced: the resonance short part (2), the release (4).
+#: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
     4: ("duration_s", "release_s"),
