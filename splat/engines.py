@@ -40,6 +40,10 @@ class Region:
     segment_starts: tuple[int, ...]
     n_segment: int
 
+    def segment_spans_s(self, n_file: int, sample_rate: int) -> list[tuple[float, float]]:
+        """(start, end) of each segment in seconds; the last one ends at the file's end if sooner."""
+        return [(s / sample_rate, min(s + self.n_segment, n_file) / sample_rate) for s in self.segment_starts]
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -196,9 +200,8 @@ class ReferenceEngine:
         # Each segment's floor (start_s, end_s, seed), rendered as `synth.render_atom_set` renders it.
         self.floors: list[tuple[float, float, int]] = []
         if floor_seeds is not None:
-            sr = spec.sample_rate
-            for start, seed in zip(region.segment_starts, floor_seeds.tolist(), strict=True):
-                self.floors.append((start / sr, min(start + region.n_segment, self.n_file) / sr, seed))
+            spans = region.segment_spans_s(self.n_file, spec.sample_rate)
+            self.floors = [(a, b, seed) for (a, b), seed in zip(spans, floor_seeds.tolist(), strict=True)]
         self.background = None
         if background_audio is not None:
             lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())

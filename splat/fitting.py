@@ -788,13 +788,8 @@ def _export_floor(chunk: _ChunkFit, region: Region, n: int, sample_rate: int) ->
         return []
     levels = chunk.floor_db.detach().double().cpu().clamp(FLOOR_LEVEL_DB.lo, FLOOR_LEVEL_DB.hi)
     return [
-        FloorSegment(
-            start_s=start / sample_rate,
-            end_s=min(start + region.n_segment, n) / sample_rate,
-            level_db=tuple(levels[j].tolist()),
-            noise_seed=int(chunk.floor_seeds[j]),
-        )
-        for j, start in enumerate(region.segment_starts)
+        FloorSegment(start_s, end_s, level_db=tuple(levels[j].tolist()), noise_seed=int(chunk.floor_seeds[j]))
+        for j, (start_s, end_s) in enumerate(region.segment_spans_s(n, sample_rate))
     ]
 
 

@@ -188,7 +188,8 @@ def branch_powers(
     share = params.short_share.unsqueeze(-1)
     shares = torch.cat([g2 * (1.0 - mix), g2 * mix * (1.0 - share), g2 * mix * share], dim=1)
     release = dsp.release_gain(u, params.duration_s.unsqueeze(-1), params.release_s.unsqueeze(-1), power=True)
-    return shares * torch.cat([e2, res.flatten(1, 2)], dim=1) * release.repeat(1, 3, 1)
+    powers = (shares * torch.cat([e2, res.flatten(1, 2)], dim=1)).unflatten(1, (3, -1))  # (segments, 3, atoms, cells)
+    return (powers * release.unsqueeze(1)).flatten(1, 2)
 
 
 def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
