@@ -98,7 +98,8 @@ class FastEngine:
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
         # One window that is exactly the region: its frames are the region's frames.
         self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
-        self.background = [torch.zeros_like(t) for t in self.target.magnitudes]
+        zeros = [torch.zeros_like(t) for t in self.target.magnitudes]
+        self.background = [spectral.SplitPower(z, z) for z in zeros]
         if background is not None:
             with torch.no_grad():
                 params, floor_db, bg_starts = background
@@ -106,7 +107,7 @@ class FastEngine:
                 powers = self._powers(params, floor_db, window_start_s, self._floor_frames(bg_starts))
                 for i, res in enumerate(spec.resolutions):
                     src, dst = self._indices(bg_starts, res)
-                    self.background[i] = self._place(powers[i], src, dst, i)
+                    self.background[i] = powers[i].map(lambda p, src=src, dst=dst, i=i: self._place(p, src, dst, i))
 
     def _indices(self, starts: Tensor, res: spectral.Resolution) -> tuple[Tensor, Tensor]:
         offsets = torch.div(starts - self.region.start, res.hop, rounding_mode="floor")
@@ -122,7 +123,7 @@ class FastEngine:
 
     def _powers(
         self, params: AtomParams, floor_db: Tensor | None, window_start_s: Tensor, floor_at: list[Tensor]
-    ) -> list[Tensor]:
+    ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
             window_start_s,
@@ -133,24 +134,32 @@ class FastEngine:
             floor_at=floor_at,
         )
 
-    def model_powers(
+    def split_powers(
         self, params: AtomParams, floor_db: Tensor | None = None, *, background: bool = True
-    ) -> list[Tensor]:
-        """Expected power spectrogram of the region per resolution, shape (frames, bins).
+    ) -> list[spectral.SplitPower]:
+        """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
         With `background=False`, only these atoms and floors (without earlier segments' tails).
         """
         powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
         if self.direct:  # no background in the direct case
-            return [p[0] for p in powers]
+            return [p.map(lambda t: t[0]) for p in powers]
         placed = [
-            self._place(p, src, dst, i) for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
+            p.map(lambda t, src=src, dst=dst, i=i: self._place(t, src, dst, i))
+            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
         ]
         return [p + b for p, b in zip(placed, self.background, strict=True)] if background else placed
 
+    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+        """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
+        return [p.total for p in self.split_powers(params, floor_db)]
+
+    def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
+        return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
+
     def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
-        """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db))
+        """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
+        return self._distance(self.split_powers(params, floor_db))
 
     def lead_distances(
         self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None
@@ -160,9 +169,9 @@ class FastEngine:
         The spectrogram is linear in the atoms, so the full model is the lead
         atoms' spectrogram plus the rest's: both distances for about the price of one.
         """
-        lead_region = self.model_powers(lead, floor_db)
-        all_region = [a + r for a, r in zip(lead_region, self.model_powers(rest, background=False), strict=True)]
-        return self.target.distance(all_region), self.target.distance(lead_region)
+        lead_region = self.split_powers(lead, floor_db)
+        all_region = [a + r for a, r in zip(lead_region, self.split_powers(rest, background=False), strict=True)]
+        return self._distance(all_region), self._distance(lead_region)
 
 
 class ReferenceEngine:

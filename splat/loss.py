@@ -8,6 +8,8 @@ over resolutions. Here |Y| is the target, |X| the model.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -33,12 +35,29 @@ def stft_power(audio: Tensor, res: Resolution) -> Tensor:
     return (spec.real**2 + spec.imag**2).transpose(-1, -2)
 
 
+#: For a noise whose power in a cell is exponential with mean P (Rayleigh magnitude):
+#: its median power is ln 2 * P, and its mean magnitude squared is pi / 4 * P.
+NOISE_MEDIAN_POWER = math.log(2.0)
+NOISE_MEAN_MAGNITUDE_SQUARED = math.pi / 4.0
+
+
 class SpectralTarget:
     """Target magnitudes of every resolution, prepared once for repeated distances.
 
     `distance(model_powers)` is the mean over resolutions of spectral convergence
     plus log-magnitude L1, with the target's square root, logarithm and norm
     computed once instead of at every step.
+
+    A model given as an expected power has to say which part of it is noise
+    (`noise_powers`): a rendered noise's magnitude in a cell is random, so a
+    model magnitude of sqrt(P) would be compared with a statistic of the target
+    that the render does not have. Each term instead compares the statistic it
+    estimates: the spectral convergence (an L2 fit, so a mean) uses the render's
+    mean magnitude, sqrt(tonal + pi / 4 noise), and the log term (an L1 fit, so
+    a median) the log of its median power, tonal + ln 2 noise. Both are exact
+    for a cell that is all partials or all noise. Without them, a fit matches a
+    noisy target's median (ln 2 of its power, -1.6 dB) and renders noise that
+    quiet.
     """
 
     def __init__(self, target_powers: list[Tensor]) -> None:
@@ -46,42 +65,68 @@ class SpectralTarget:
         self.logs = [torch.log(m) for m in self.magnitudes]
         self.norms = [torch.linalg.vector_norm(m) for m in self.magnitudes]
 
-    def distance(self, model_powers: list[Tensor]) -> Tensor:
-        """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar)."""
+    def distance(self, model_powers: list[Tensor], noise_powers: list[Tensor] | None = None) -> Tensor:
+        """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar).
+
+        Args:
+            model_powers: Per resolution, the model's power (a render's), or the
+                expected power of its partials, shape (frames, bins) as the target's.
+            noise_powers: Per resolution, the expected power of the model's noise
+                (same shapes), or None if `model_powers` is all of it.
+        """
+        noises = noise_powers if noise_powers is not None else [None] * len(model_powers)
         terms = [
-            _SpectralDistance.apply(power, mag, log, norm)
-            for mag, log, norm, power in zip(self.magnitudes, self.logs, self.norms, model_powers, strict=True)
+            _SpectralDistance.apply(power, noise, mag, log, norm)
+            for mag, log, norm, power, noise in zip(
+                self.magnitudes, self.logs, self.norms, model_powers, noises, strict=True
+            )
         ]
         return torch.stack(terms).mean()
 
 
 class _SpectralDistance(torch.autograd.Function):
-    """||Y - X||_F / ||Y||_F + mean |log Y - log X| for X = sqrt(max(P, floor)), gradient in closed form.
+    """||Y - X||_F / ||Y||_F + mean |log Y - log Z|, gradient in closed form.
 
-    The gradient with respect to P is formed in the same pass as the value
-    (a dozen elementwise operations instead of autograd's thirty):
+    X = sqrt(max(P + a N, floor)) and Z = sqrt(max(P + b N, floor)) for the
+    model's power P and noise power N (a = pi / 4, b = ln 2; N = 0 if None).
+    The gradient with respect to P and N is formed in the same pass as the
+    value (a dozen elementwise operations instead of autograd's thirty):
 
-        dL/dX = (X - Y) / (||X - Y|| ||Y||) - sign(log Y - log X) / (n X),   dX/dP = 1 / (2 X) where P > floor.
+        dL/dX = (X - Y) / (||X - Y|| ||Y||),   dX/dP = 1 / (2 X),
+        dL/dZ^2 = -sign(log Y - log Z) / (2 n Z^2),   each where its power > floor;
+        dL/dP = dL/dX dX/dP + dL/dZ^2,   dL/dN = a dL/dX dX/dP + b dL/dZ^2.
     """
 
     @staticmethod
-    def forward(ctx, power: Tensor, mag: Tensor, log: Tensor, norm: Tensor) -> Tensor:
-        model = power.clamp_min(POWER_FLOOR).sqrt_()
+    def forward(ctx, power: Tensor, noise: Tensor | None, mag: Tensor, log: Tensor, norm: Tensor) -> Tensor:
+        if noise is None:
+            sc_power = log_power = power
+        else:
+            sc_power = torch.add(power, noise, alpha=NOISE_MEAN_MAGNITUDE_SQUARED)
+            log_power = torch.add(power, noise, alpha=NOISE_MEDIAN_POWER)
+        model = sc_power.clamp_min(POWER_FLOOR).sqrt_()
         diff = model - mag
         diff_norm = torch.linalg.vector_norm(diff)
-        log_error = log - torch.log(model)
+        log_model = log_power.clamp_min(POWER_FLOOR)
+        log_error = log - 0.5 * torch.log(log_model)
         value = diff_norm / norm + log_error.abs().mean()
-        if ctx.needs_input_grad[0]:
-            grad_mag = diff.mul_(1.0 / (diff_norm.clamp_min(1e-30) * norm))
-            grad_mag.addcdiv_(torch.sign(log_error), model, value=-1.0 / model.numel())
-            grad = grad_mag.div_(model).mul_(0.5).masked_fill_(power <= POWER_FLOOR, 0.0)
-            ctx.save_for_backward(grad)
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            grad_sc = diff.mul_(0.5 / (diff_norm.clamp_min(1e-30) * norm)).div_(model)
+            grad_sc.masked_fill_(sc_power <= POWER_FLOOR, 0.0)
+            grad_log = torch.sign(log_error).div_(log_model).mul_(-0.5 / model.numel())
+            grad_log.masked_fill_(log_power <= POWER_FLOOR, 0.0)
+            if noise is None:
+                ctx.save_for_backward(grad_sc.add_(grad_log))
+            else:
+                grad_noise = torch.mul(grad_sc, NOISE_MEAN_MAGNITUDE_SQUARED).add_(grad_log, alpha=NOISE_MEDIAN_POWER)
+                ctx.save_for_backward(grad_sc.add_(grad_log), grad_noise)
         return value
 
     @staticmethod
-    def backward(ctx, grad_value: Tensor) -> tuple[Tensor, None, None, None]:
-        (grad,) = ctx.saved_tensors
-        return grad * grad_value, None, None, None
+    def backward(ctx, grad_value: Tensor) -> tuple[Tensor | None, ...]:
+        grads = ctx.saved_tensors
+        grad_noise = grads[1] * grad_value if len(grads) > 1 else None
+        return grads[0] * grad_value, grad_noise, None, None, None
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:

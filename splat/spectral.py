@@ -20,6 +20,11 @@ product:
   partials' weights), into one bin axis that holds every resolution's
   bins side by side (a single scatter-add).
 
+The partials' and the noise's powers are kept apart (`SplitPower`): a render
+has the partials' power in each cell but only a random draw about the noise's
+(exponentially distributed), and the loss compares the two differently
+(`splat.loss.SpectralTarget`).
+
 Shapes: parameters (segments, atoms); spectrograms (segments, frames, bins).
 """
 
@@ -27,6 +32,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -348,6 +354,35 @@ def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_f
     return source, flat[keep]
 
 
+@dataclass(frozen=True)
+class SplitPower:
+    """Expected power spectrogram of one resolution, split by how the rendered power spreads about it.
+
+    Attributes:
+        tonal: Power of the resonances' partials, shape (..., frames, bins). They
+            are rendered with fixed amplitudes and phases, so the render's power
+            in a cell is this (up to the interference of overlapping partials).
+        noise: Power of the noise bursts and noise floors, same shape. A
+            rendered noise's power in a cell is exponentially distributed about
+            this mean (its magnitude is Rayleigh), whatever the seed.
+    """
+
+    tonal: Tensor
+    noise: Tensor
+
+    @property
+    def total(self) -> Tensor:
+        """Expected power of the render."""
+        return self.tonal + self.noise
+
+    def map(self, fn: Callable[[Tensor], Tensor]) -> SplitPower:
+        """Both parts passed through the same linear map (placement, a slice)."""
+        return SplitPower(fn(self.tonal), fn(self.noise))
+
+    def __add__(self, other: SplitPower) -> SplitPower:
+        return SplitPower(self.tonal + other.tonal, self.noise + other.noise)
+
+
 def expected_power(
     params: AtomParams,
     window_start_s: Tensor,
@@ -357,7 +392,7 @@ def expected_power(
     n_partials: int,
     floor_db: Tensor | None = None,
     floor_at: list[Tensor] | None = None,
-) -> list[Tensor]:
+) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
 
     Args:
@@ -371,7 +406,8 @@ def expected_power(
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
-        window start, shape (segments, n_window / hop, n_fft / 2 + 1).
+        window start, split into partials and noise, each of shape
+        (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
@@ -382,11 +418,11 @@ def expected_power(
     for i in range(len(plan.resolutions)):
         frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 3 atoms)
         # One product per branch (noise, body, short part): no concatenated copy of the spectra.
-        power = torch.bmm(frames[..., :n_atoms], noise[i])
-        power = torch.baddbmm(power, frames[..., n_atoms : 2 * n_atoms], bodies[i])
-        power = torch.baddbmm(power, frames[..., 2 * n_atoms :], shorts[i])
+        noisy = torch.bmm(frames[..., :n_atoms], noise[i])
+        tonal = torch.bmm(frames[..., n_atoms : 2 * n_atoms], bodies[i])
+        tonal = torch.baddbmm(tonal, frames[..., 2 * n_atoms :], shorts[i])
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
-            power = torch.baddbmm(power, floor_at[i], spectrum.unsqueeze(1))
-        out.append(power)
+            noisy = torch.baddbmm(noisy, floor_at[i], spectrum.unsqueeze(1))
+        out.append(SplitPower(tonal, noisy))
     return out
