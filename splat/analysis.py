@@ -32,6 +32,10 @@ _MIN_FUNDAMENTAL_NOVELTY = 0.35
 _MIN_FUNDAMENTAL_PRESENCE = 0.15
 #: Starting level of the atoms that no onset claimed, in dBFS.
 QUIET_DB = -45.0
+#: A file whose first hop is within this many dB of its loudest hop starts with a note already ringing.
+_RINGING_START_WITHIN_DB = 30.0
+#: A detected onset this close to 0 s already stands for the sound at the start (s).
+START_ONSET_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -146,17 +150,39 @@ def _level_db(spectrum: np.ndarray, f0_hz: float, sample_rate: int) -> float:
     return 20.0 * float(np.log10(max(4.0 * peak / n_fft, 1e-6))) + 6.0
 
 
-def analyse(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, list[Seed]]:
+def rings_at_start(audio: np.ndarray) -> bool:
+    """Whether `audio` (shape (samples,)) starts inside a sound rather than in silence.
+
+    True when its first hop (`_HOP` samples, ~12 ms at 22.05 kHz) is within
+    `_RINGING_START_WITHIN_DB` of its loudest hop: a recording cut from a longer
+    one, with a note struck before its first sample.
+    """
+    frame = _HOP
+    n = audio.size // frame * frame
+    if n == 0:
+        return False
+    power = np.mean(audio[:n].reshape(-1, frame).astype(np.float64) ** 2, axis=1)
+    return bool(power[0] > 0.0 and 10.0 * np.log10(power[0] / power.max()) > -_RINGING_START_WITHIN_DB)
+
+
+def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) -> tuple[np.ndarray, list[Seed]]:
     """Onsets and seeds for every detected onset in `audio` (times relative to its start).
 
     Args:
         audio: Mono audio, shape (samples,), already normalised.
+        file_start: `audio` starts where the file does. If it starts inside a
+            sound (`rings_at_start`) and no onset was detected near 0 s, 0 s is an
+            onset too, with everything sounding there new: otherwise no atom would
+            start early enough to hold the notes struck before the file begins.
+            (A later part of a file has the earlier atoms' tails for that.)
 
     Returns:
         Onset times in seconds, shape (onsets,), and the seeds sorted by
         salience, strongest first.
     """
     onsets = detect_onsets(audio, sample_rate)
+    if file_start and (onsets.size == 0 or onsets[0] > START_ONSET_S) and rings_at_start(audio):
+        onsets = np.concatenate([[0.0], onsets])
     mag = np.abs(librosa.stft(audio, n_fft=_N_FFT, hop_length=_HOP, window="hann", center=True))
     seeds: list[Seed] = []
     for t in onsets:
@@ -164,7 +190,7 @@ def analyse(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, list[Seed]
         after = mag[:, frame + 2 : frame + 9]
         if after.shape[1] == 0:
             continue
-        before = mag[:, max(frame - 3, 0)]
+        before = mag[:, frame - 3] if frame >= 3 else np.zeros(mag.shape[0], dtype=mag.dtype)
         after_mean = after.mean(axis=1)
         new = np.maximum(after_mean - before, 0.0)
         for f0, sal in onset_pitches(new, after_mean, sample_rate, max_pitches=_PITCHES_PER_ONSET):

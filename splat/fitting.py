@@ -332,7 +332,7 @@ def initial_params(
     seg = region.n_segment
     lo = region.start
     hi = min(region.segment_starts[-1] + seg, target.size)
-    onsets_s, seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate)
+    onsets_s, seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate, file_start=lo == 0)
     n_seg = len(region.segment_starts)
     shape = (n_seg, n_atoms)
     values = {name: np.full(shape, value) for name, value in START_SHAPE.items()}
@@ -465,6 +465,9 @@ def _fit_chunk(
     values, noise_seeds, onsets_s = initial_params(
         target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, tone_peak_db=tone_peak_db
     )
+    # Atoms at the very start of a file that starts inside a sound hold notes struck before it.
+    starts_ringing = region.start == 0 and onsets_s.size > 0 and onsets_s[0] == 0.0
+    held_until_s = analysis.START_ONSET_S if starts_ringing else -math.inf
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
@@ -567,7 +570,7 @@ def _fit_chunk(
                 gain_db = params.gain_db
                 loudest = gain_db[active].max() if active.any() else gain_db.max()
                 active &= gain_db > loudest - config.prune_db
-                flagged, partner = duplicate_atoms(params, active)
+                flagged, partner = duplicate_atoms(params, active, held_until_s=held_until_s)
                 if flagged.any():
                     current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     merged = replace(current, gain_db=_merged_gains(current.gain_db, flagged, partner))
@@ -692,7 +695,7 @@ def residual_restarts(
     return torch.from_numpy(replaced).to(device), new
 
 
-def duplicate_atoms(params: AtomParams, active: Tensor) -> tuple[Tensor, Tensor]:
+def duplicate_atoms(params: AtomParams, active: Tensor, *, held_until_s: float = -math.inf) -> tuple[Tensor, Tensor]:
     """Active atoms that repeat a louder active atom's note, and the atom each repeats.
 
     A note is sometimes described by two atoms of the same pitch a few tens of
@@ -700,10 +703,14 @@ def duplicate_atoms(params: AtomParams, active: Tensor) -> tuple[Tensor, Tensor]
     twice. An atom is a duplicate if a louder active atom (in any segment) has
     an f0 within `DUPLICATE_CENTS` and an onset within `DUPLICATE_S`; its partner
     is the loudest such atom, which takes over its power (`_merged_gains`).
+    Atoms that start before `held_until_s` are never duplicates: in a file that
+    starts inside a sound they hold what was struck before its first sample,
+    which a louder strike of the same note soon after does not repeat.
 
     Args:
         params: Atoms, tensors of shape (segments, atoms).
         active: Shape (segments, atoms), bool.
+        held_until_s: Onset (s, file time) before which atoms are never duplicates.
 
     Returns:
         Duplicates, shape (segments, atoms), bool; and each atom's partner as an
@@ -720,7 +727,7 @@ def duplicate_atoms(params: AtomParams, active: Tensor) -> tuple[Tensor, Tensor]
         (gain_db[None, :] == gain_db[:, None]) & (index[None, :] < index[:, None])
     )
     match = same_time & same_pitch & louder & live[None, :]
-    flagged = match.any(dim=1) & live
+    flagged = match.any(dim=1) & live & (time_s >= held_until_s)
     partner = torch.where(match, gain_db[None, :], torch.full_like(same_time, -math.inf, dtype=gain_db.dtype)).argmax(1)
     return flagged.reshape(active.shape), partner.reshape(active.shape)
 

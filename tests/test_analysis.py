@@ -7,7 +7,7 @@ import functools
 import numpy as np
 import pytest
 
-from splat.analysis import onset_pitches, residual_seeds
+from splat.analysis import analyse, onset_pitches, residual_seeds, rings_at_start
 
 SR = 22050
 N_FFT = 4096
@@ -69,3 +69,26 @@ def test_a_subharmonic_without_its_fundamental_is_not_a_note(tone):
     assert min(found) > notes[0] * 2 ** (-1 / 12), found
     for note in notes[:3]:
         assert any(_semitones(f0, note) < 0.5 for f0 in found), (note, found)
+
+
+def _decaying_note(f0_hz: float, t_s: np.ndarray, amplitude: float, decay_s: float) -> np.ndarray:
+    """Six harmonics (1/k amplitudes) decaying exponentially from t_s = 0; zero before it."""
+    partials = sum(np.sin(2 * np.pi * k * f0_hz * t_s) / k for k in range(1, 7))
+    return np.where(t_s >= 0, amplitude * np.exp(-t_s / decay_s) * partials, 0.0)
+
+
+def test_a_file_cut_inside_a_note_gets_an_onset_at_0_s_with_that_note():
+    # A C4 struck 0.3 s before the file begins still rings at -14 dB; an A4 is struck at 0.25 s.
+    t_s = np.arange(int(0.6 * SR)) / SR
+    audio = (_decaying_note(C4, t_s + 0.3, 0.2, 0.5) + _decaying_note(A4, t_s - 0.25, 0.8, 0.5)).astype(np.float32)
+    assert rings_at_start(audio)
+    onsets, seeds = analyse(audio, SR, file_start=True)
+    assert onsets[0] == 0.0
+    assert any(s.time_s == 0.0 and _semitones(s.f0_hz, C4) < 0.5 for s in seeds), seeds
+    # Later in a file the earlier atoms' tails hold that note: no onset at 0 s there.
+    onsets_mid, _ = analyse(audio, SR, file_start=False)
+    assert onsets_mid[0] > 0.2
+    # A file that starts in silence (the C4 struck 40 ms in) does not ring at its start.
+    late = _decaying_note(C4, t_s - 0.04, 0.2, 0.5).astype(np.float32)
+    assert not rings_at_start(late)
+    assert not rings_at_start(np.zeros(SR, dtype=np.float32))

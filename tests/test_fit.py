@@ -16,6 +16,7 @@ from splat.errors import AudioError, ParameterError
 from splat.fitting import (
     LAST_START_DURATION_S,
     START_OVERLAP,
+    START_SHAPE,
     FitConfig,
     _export,
     _merged_gains,
@@ -197,6 +198,35 @@ def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
     merged = _merged_gains(fields["gain_db"], flagged, partner)
     assert float(merged[0, 0]) == pytest.approx(10 * np.log10(10**-0.6 + 10**-2.0), abs=1e-4)
     assert torch.equal(merged[0, 1:], fields["gain_db"][0, 1:]) and torch.equal(merged[1], fields["gain_db"][1])
+
+
+def test_an_atom_holding_a_note_struck_before_the_file_is_not_its_duplicate():
+    # One segment: a quiet A3 at 0 s (rung on from before the file) and the same note struck 60 ms later.
+    fields = {k: torch.full((1, 2), v) for k, v in START_SHAPE.items()}
+    fields.update(
+        time_s=torch.tensor([[0.0, 0.06]]),
+        f0_hz=torch.tensor([[220.0, 221.0]]),
+        gain_db=torch.tensor([[-26.0, -6.0]]),
+        noise_center_hz=torch.full((1, 2), 1000.0),
+        duration_s=torch.full((1, 2), 0.5),
+    )
+    params, active = AtomParams(**fields), torch.ones(1, 2, dtype=torch.bool)
+    assert duplicate_atoms(params, active)[0].tolist() == [[True, False]]
+    assert duplicate_atoms(params, active, held_until_s=0.02)[0].tolist() == [[False, False]]
+
+
+def test_a_file_cut_inside_a_note_is_not_rendered_silent_before_its_first_strike():
+    # The file starts 0.3 s after an A3 was struck (it still rings), and the A3 is struck again 80 ms in.
+    full = _render([_tone(0.05, 220.0, -18, 1, decay_s=1.0), _tone(0.38, 220.0, -6, 2)], 0.9)
+    audio = full[int(0.3 * SR) :]
+    result = fit(audio, SR, FitConfig(n_atoms=4, n_iters=60, **SMALL))
+    head = slice(0, int(0.06 * SR))
+
+    def level_db(x: np.ndarray) -> float:
+        return 10 * np.log10(np.mean(x[head].astype(np.float64) ** 2) + 1e-20)
+
+    assert abs(level_db(result.reconstruction) - level_db(audio)) < 6.0
+    assert min(a.time_s for a in result.atoms.atoms) < 0.02
 
 
 def test_residual_restarts_only_notes_hidden_on_partials_of_a_note_starting_there(make_harmonic_spectrum):
