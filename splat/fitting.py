@@ -465,7 +465,8 @@ def _fit_chunk(
     values, noise_seeds, onsets_s = initial_params(
         target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, tone_peak_db=tone_peak_db
     )
-    # Atoms at the very start of a file that starts inside a sound hold notes struck before it.
+    # An onset at the file's first sample (it starts inside a sound, or with a strike): atoms there hold
+    # notes struck at or before it, which a louder strike of the same note soon after does not repeat.
     starts_ringing = region.start == 0 and onsets_s.size > 0 and onsets_s[0] == 0.0
     held_until_s = analysis.START_ONSET_S if starts_ringing else -math.inf
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
