@@ -5,8 +5,12 @@
 The step is the speed benchmark's: `piano_steinway_real.wav` (2^15 samples), its
 64 starting atoms, forward and backward through the fast engine. It prints:
 
-- the eager step and the `torch.compile`d step, timed in alternating batches
-  (fastest batch of each), and the compile's first-call time;
+- the eager step with all 64 atoms and with only the first 16 and 2 (what a
+  step costs whatever the atoms), and the tensor operations one step dispatches;
+- the eager step and the `torch.compile`d step, with the loss's frames every
+  n_fft / 4 (as fitted) and every n_fft / 2 (half the spectrogram cells: what
+  a coarser objective would save), and each compile's first-call time;
+  every step variant is timed in alternating batches (fastest batch of each);
 - the step's twelve matrix products (per resolution: the forward product and
   its two backward products, all three branches at once) in float32 and in
   bfloat16, on their own.
@@ -24,22 +28,28 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from splat.engines import FastEngine, ModelSpec, Region
 from splat.fitting import FitConfig, _onset_windows, _tone_peak_db, initial_params
 from splat.params import FIELDS, AtomParams, Bounds, to_physical, to_raw
-from splat.spectral import resolutions_for
+from splat.spectral import Resolution
 
 CLIP = Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "piano_steinway_real.wav"
 N = 2**15
 
 
-def _step_problem() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """The loss as a function of the raw parameters, and the starting raw parameters."""
+def _step_problem(hops_per_fft: int = 4) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The loss as a function of the raw parameters, and the starting raw parameters.
+
+    Args:
+        hops_per_fft: n_fft / hop of every resolution (4 in a fit).
+    """
     audio, sr = sf.read(CLIP, dtype="float32")
     audio = audio[:N] / np.abs(audio[:N]).max()
     config = FitConfig()
-    spec = ModelSpec(sr, config.envelope, config.n_partials, resolutions_for(config.fft_sizes), config.grid_step)
+    resolutions = tuple(Resolution(n, n // hops_per_fft) for n in config.fft_sizes)
+    spec = ModelSpec(sr, config.envelope, config.n_partials, resolutions, config.grid_step)
     region = Region(0, N, (0,), N)
     bounds = Bounds.for_sample_rate(sr)
     values, _, _ = initial_params(
@@ -67,6 +77,28 @@ def _fastest(run: Callable[[], None], *, batch: int, repeats: int) -> float:
     return best
 
 
+class _OperationCounter(TorchDispatchMode):
+    """Counts the tensor operations dispatched while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def _count_operations(loss: Callable[[torch.Tensor], torch.Tensor], raw: torch.Tensor) -> tuple[int, int]:
+    """Tensor operations of one step: (forward, backward)."""
+    with _OperationCounter() as forward:
+        value = loss(raw)
+    with _OperationCounter() as backward:
+        value.backward()
+    raw.grad = None
+    return forward.count, backward.count
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -74,23 +106,31 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    loss, raw = _step_problem()
-    compiled = torch.compile(loss, dynamic=False)
-
-    def step(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[], None]:
+    def step(fn: Callable[[torch.Tensor], torch.Tensor], raw: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
             fn(raw).backward()
             raw.grad = None
 
         return run
 
-    start = time.perf_counter()
-    step(compiled)()
-    compile_s = time.perf_counter() - start
-    eager_s, compiled_s = float("inf"), float("inf")
-    for _ in range(args.repeats):  # alternate, so both see the same host load
-        eager_s = min(eager_s, _fastest(step(loss), batch=20, repeats=1))
-        compiled_s = min(compiled_s, _fastest(step(compiled), batch=20, repeats=1))
+    problems = {hops: _step_problem(hops) for hops in (4, 2)}
+    loss, raw = problems[4]
+    steps = {(4, "eager"): step(loss, raw)}
+    for n_atoms in (16, 2):
+        steps[4, f"eager, first {n_atoms} atoms"] = step(loss, raw[:, :n_atoms].detach().clone().requires_grad_(True))
+    n_ops = _count_operations(loss, raw)
+    compile_s = {}
+    for hops, (loss, raw) in problems.items():
+        compiled = torch.compile(loss, dynamic=False)
+        start = time.perf_counter()
+        step(compiled, raw)()
+        compile_s[hops] = time.perf_counter() - start
+        steps[hops, "compiled"] = step(compiled, raw)
+    steps[2, "eager"] = step(*problems[2])
+    step_s = dict.fromkeys(steps, float("inf"))
+    for _ in range(args.repeats):  # alternate, so all see the same host load
+        for key, run in steps.items():
+            step_s[key] = min(step_s[key], _fastest(run, batch=20, repeats=1))
 
     config = FitConfig()
     shapes = [(N // (n // 4), n // 2 + 1) for n in config.fft_sizes]  # (frames, bins) per resolution
@@ -107,11 +147,18 @@ def main() -> None:
         product_s[dtype] = _fastest(products, batch=20, repeats=args.repeats)
 
     print(f"torch {torch.__version__}, {args.threads} threads, 64 atoms x 2^15 samples\n")
-    print("| variant | ms per step | it/s |")
-    print("|---|---:|---:|")
-    print(f"| eager | {eager_s * 1e3:.1f} | {1 / eager_s:.0f} |")
-    print(f"| torch.compile (first call {compile_s:.0f} s) | {compiled_s * 1e3:.1f} | {1 / compiled_s:.0f} |")
-    print(f"\ncompiled / eager speed-up: {eager_s / compiled_s:.2f}x\n")
+    print("| frames every | variant | ms per step | it/s |")
+    print("|---|---|---:|---:|")
+    for (hops, variant), seconds in step_s.items():
+        label = f"torch.compile (first call {compile_s[hops]:.0f} s)" if variant == "compiled" else variant
+        print(f"| n_fft / {hops} | {label} | {seconds * 1e3:.1f} | {1 / seconds:.0f} |")
+    forward, backward = n_ops
+    print(
+        f"\nOne eager step dispatches {forward + backward} tensor operations ({forward} forward, {backward} backward)."
+    )
+    for hops in (4, 2):
+        print(f"\nn_fft / {hops}: compiled / eager speed-up {step_s[hops, 'eager'] / step_s[hops, 'compiled']:.2f}x")
+    print()
     print("| the step's 12 products | ms |")
     print("|---|---:|")
     for dtype, seconds in product_s.items():
