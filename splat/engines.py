@@ -98,16 +98,14 @@ class FastEngine:
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
         # One window that is exactly the region: its frames are the region's frames.
         self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
-        zeros = [torch.zeros_like(t) for t in self.target.magnitudes]
-        self.background = [spectral.SplitPower(z, z) for z in zeros]
+        # Earlier segments' tails in the region's frames, per resolution (None: nothing to add at every step).
+        self.background: list[spectral.SplitPower] | None = None
         if background is not None:
             with torch.no_grad():
                 params, floor_db, bg_starts = background
                 window_start_s = (bg_starts.float() / spec.sample_rate).unsqueeze(-1)
                 powers = self._powers(params, floor_db, window_start_s, self._floor_frames(bg_starts))
-                for i, res in enumerate(spec.resolutions):
-                    src, dst = self._indices(bg_starts, res)
-                    self.background[i] = powers[i].map(lambda p, src=src, dst=dst, i=i: self._place(p, src, dst, i))
+                self.background = self._place_all(powers, [self._indices(bg_starts, res) for res in spec.resolutions])
 
     def _indices(self, starts: Tensor, res: spectral.Resolution) -> tuple[Tensor, Tensor]:
         offsets = torch.div(starts - self.region.start, res.hop, rounding_mode="floor")
@@ -118,6 +116,15 @@ class FastEngine:
         # index_select, not flat[src]: its backward is an index_add, where indexing's is an
         # accumulating index_put (~20x slower on the CPU: a fifth of a multi-segment step).
         return torch.zeros_like(self.target.magnitudes[i]).index_add(0, dst, flat.index_select(0, src))
+
+    def _place_all(
+        self, powers: list[spectral.SplitPower], indices: list[tuple[Tensor, Tensor]]
+    ) -> list[spectral.SplitPower]:
+        """Every resolution's segment windows overlap-added into the region's frames."""
+        return [
+            p.map(lambda t, src=src, dst=dst, i=i: self._place(t, src, dst, i))
+            for i, (p, (src, dst)) in enumerate(zip(powers, indices, strict=True))
+        ]
 
     def _floor_frames(self, starts: Tensor) -> list[Tensor]:
         spans = spectral.FloorSpans.for_segments(starts, self.region.n_segment, self.n_file, self.spec.sample_rate)
@@ -146,11 +153,10 @@ class FastEngine:
         powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
         if self.direct:  # no background in the direct case
             return [p.map(lambda t: t[0]) for p in powers]
-        placed = [
-            p.map(lambda t, src=src, dst=dst, i=i: self._place(t, src, dst, i))
-            for i, (p, (src, dst)) in enumerate(zip(powers, self.scatter, strict=True))
-        ]
-        return [p + b for p, b in zip(placed, self.background, strict=True)] if background else placed
+        placed = self._place_all(powers, self.scatter)
+        if not background or self.background is None:
+            return placed
+        return [p + b for p, b in zip(placed, self.background, strict=True)]
 
     def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
