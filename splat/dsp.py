@@ -308,6 +308,51 @@ def partial_phases(k: Tensor, *, n_partials: int) -> Tensor:
     return math.pi * k * (k - 1.0) / n_partials
 
 
+def partial_sums(
+    freqs_hz: Tensor,
+    phases: Tensor,
+    cos_amps: Tensor,
+    sin_amps: Tensor,
+    first_s: Tensor,
+    *,
+    n_samples: int,
+    sample_rate: int,
+    block: int = 256,
+) -> tuple[Tensor, Tensor]:
+    """Sums of partials sum_k a_k cos(x_k(t)) and sum_k b_k sin(x_k(t)), x_k(t) = 2 pi f_k t + phi_k.
+
+    At t = first_s + n / sample_rate for n < n_samples. Each sample n = j * block + r
+    splits its phase into the block's start and the offset r, and
+    cos(A + R) = cos A cos R - sin A sin R (and sin alike), so both sums over k are
+    one matrix product of (blocks x 2 partials) by (2 partials x block): the
+    sines and cosines are taken K (n / block + block) times instead of 2 K n.
+    Compute in float64: the phases reach 2 pi f t ~ 1e5 rad within seconds.
+
+    Args:
+        freqs_hz, phases, cos_amps, sin_amps: Per partial, shape (..., K).
+        first_s: Time of sample 0, shape (..., 1).
+        n_samples: Samples to produce.
+        sample_rate: Sample rate in Hz.
+        block: Samples per block.
+
+    Returns:
+        The cosine and the sine sums, each of shape (..., n_samples).
+    """
+    n_blocks = -(-n_samples // block)
+    omega = (2.0 * math.pi * freqs_hz).unsqueeze(-1)  # (..., K, 1)
+    like = {"device": freqs_hz.device, "dtype": freqs_hz.dtype}
+    block_s = torch.arange(n_blocks, **like) * (block / sample_rate)
+    start = omega * (first_s.unsqueeze(-1) + block_s) + phases.unsqueeze(-1)  # (..., K, blocks)
+    offset = omega * (torch.arange(block, **like) / sample_rate)  # (..., K, block)
+    cos_a, sin_a = torch.cos(start), torch.sin(start)
+    a, b = cos_amps.unsqueeze(-1), sin_amps.unsqueeze(-1)
+    # Rows of the cosine sum: [a cos A, -a sin A]; of the sine sum: [b sin A, b cos A]; columns [cos R; sin R].
+    left = torch.stack([torch.cat([a * cos_a, -a * sin_a], dim=-2), torch.cat([b * sin_a, b * cos_a], dim=-2)], dim=-3)
+    right = torch.cat([torch.cos(offset), torch.sin(offset)], dim=-2).unsqueeze(-3)  # (..., 1, 2K, block)
+    sums = (left.transpose(-1, -2) @ right).flatten(-2)[..., :n_samples]  # (..., 2, n_samples)
+    return sums[..., 0, :], sums[..., 1, :]
+
+
 def full_circle_mean(power: Tensor, n: int) -> Tensor:
     """Mean over all n DFT bins of a real signal's power given on its n // 2 + 1 rfft bins.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import scipy.fft
 import torch
 from torch import Tensor
 
@@ -117,10 +118,10 @@ def render_atoms(
     decays = torch.stack([p["decay_s"], p["short_decay_s"]], dim=-2)  # (batch, atoms, 2, 1)
     body, short = dsp.resonance_power(e2.unsqueeze(-2), decays, step_samples=1, sample_rate=sample_rate).unbind(-2)
     n_active = dsp.n_audible_partials(p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials)
-    # Phases in float64: in float32, 2 pi f u loses ~1e-3 rad after a second and
-    # the rounding noise would sit only ~50 dB under the partials.
-    u64, f0, b = u.double(), p["f0_hz"].double(), p["inharmonicity"].double()
-    body_carrier, short_carrier = torch.zeros_like(u64), torch.zeros_like(u64)
+    # Phases in float64, from each atom's onset offset (not from u): in float32,
+    # 2 pi f u loses ~1e-3 rad after a second and the rounding noise would sit
+    # only ~50 dB under the partials.
+    f0, b = p["f0_hz"].double(), p["inharmonicity"].double()
     # Partials past the audible count have zero weight: stop at the largest count in the batch.
     n_max = int(n_active.max()) if n_active.numel() else 0
     ks = torch.arange(1, n_max + 1, device=u.device, dtype=torch.float64)
@@ -128,10 +129,12 @@ def render_atoms(
     gains = dsp.formant_gains(freqs, p["formant_hz"].double(), p["formant_db"].double())
     body_amps = _amplitudes(dsp.partial_weights(p["rolloff_db"].double(), ks, n_active.double(), gains))
     short_amps = _amplitudes(dsp.partial_weights(p["short_rolloff_db"].double(), ks, n_active.double(), gains))
-    for k in range(1, n_max + 1):
-        angle = 2.0 * math.pi * freqs[..., k - 1 : k] * u64 + dsp.partial_phases(ks[k - 1], n_partials=n_partials)
-        body_carrier = body_carrier + body_amps[..., k - 1 : k] * torch.cos(angle)
-        short_carrier = short_carrier - short_amps[..., k - 1 : k] * torch.sin(angle)
+    first_s = start / sample_rate - p["time_s"].double()
+    phases = dsp.partial_phases(ks, n_partials=n_partials).expand_as(freqs)
+    body_carrier, short_sines = dsp.partial_sums(
+        freqs, phases, body_amps, short_amps, first_s, n_samples=n_samples, sample_rate=sample_rate
+    )
+    short_carrier = -short_sines
     share = p["short_share"]
     # Floor at -120 dB: the square root has an infinite slope at 0 (NaN gradients).
     tone = (
@@ -218,13 +221,15 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
         audio = render_atoms(
             sub,
             white,
-            n_samples=last - first,
+            # The resonance's FFTs are 2x this long: a 5-smooth length keeps them fast (a few samples
+            # past the support, where the atom is below -TAIL_DB, cost less than an awkward length).
+            n_samples=scipy.fft.next_fast_len(last - first, real=True),
             sample_rate=sr,
             start=first,
             envelope=atom_set.envelope,
             n_partials=atom_set.n_partials,
         )
-        out[first:last] += audio.sum(dim=(0, 1))
+        out[first:last] += audio.sum(dim=(0, 1))[: last - first]
     for segment in atom_set.floor:
         level_db = torch.tensor(segment.level_db, dtype=torch.float64, device=device)
         first, audio = render_floor_segment(

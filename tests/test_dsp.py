@@ -329,6 +329,30 @@ def test_partial_phases_are_schroeder_phases():
     assert phases[0] == 0.0
 
 
+@pytest.mark.parametrize("n_samples", [1, 255, 256, 1000])
+def test_partial_sums_equal_the_sample_by_sample_sums(rng, n_samples):
+    freqs = rng.uniform(30.0, 11000.0, (2, 3, 7))
+    phases = rng.uniform(0.0, 2 * np.pi, (2, 3, 7))
+    a, b = rng.normal(size=(2, 3, 7)), rng.normal(size=(2, 3, 7))
+    first_s = rng.uniform(-1.0, 3.0, (2, 3, 1))
+    cos_sum, sin_sum = dsp.partial_sums(
+        _t(freqs), _t(phases), _t(a), _t(b), _t(first_s), n_samples=n_samples, sample_rate=SAMPLE_RATE
+    )
+    x = 2 * np.pi * freqs[..., None] * (first_s[..., None] + np.arange(n_samples) / SAMPLE_RATE) + phases[..., None]
+    # Phases up to 2 pi * 11 kHz * 3 s ~ 2e5 rad are known to ~2e5 * 1e-16 rad in float64.
+    np.testing.assert_allclose(cos_sum.numpy(), (a[..., None] * np.cos(x)).sum(-2), rtol=0, atol=1e-9)
+    np.testing.assert_allclose(sin_sum.numpy(), (b[..., None] * np.sin(x)).sum(-2), rtol=0, atol=1e-9)
+
+
+def test_partial_sums_of_no_partials_are_zero():
+    empty = torch.zeros(1, 2, 0, dtype=torch.float64)
+    cos_sum, sin_sum = dsp.partial_sums(
+        empty, empty, empty, empty, torch.zeros(1, 2, 1, dtype=torch.float64), n_samples=300, sample_rate=SAMPLE_RATE
+    )
+    assert cos_sum.shape == sin_sum.shape == (1, 2, 300)
+    assert not cos_sum.any() and not sin_sum.any()
+
+
 # --- band_shape ---------------------------------------------------------------------------------
 
 
