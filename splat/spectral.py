@@ -280,18 +280,26 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tup
     bin_hz = plan.bin_hz.reshape(-1, 1, 1, 1)
     position = freqs / bin_hz  # (res, segments, atoms, partials), in bins
     n_segments, n_atoms = params.f0_hz.shape
+
+    def by_atom(values: Tensor) -> Tensor:
+        """(taps, res, segments, atoms, partials) -> (segments * atoms, taps * res * partials).
+
+        One row per atom for a 2-D scatter, which runs its rows in parallel (a flat
+        scatter into all atoms' slots runs on one thread: ~6x slower here). Within
+        a row the order of the splats is unchanged, so the sums are bit-for-bit those
+        of the flat scatter.
+        """
+        return values.permute(2, 3, 0, 1, 4).reshape(n_segments * n_atoms, -1)
+
     with torch.no_grad():
         slot = torch.floor(position) + plan.taps.reshape(-1, 1, 1, 1, 1)
         # Splats past either end of a resolution's bins land in its padding slots.
         slot = torch.minimum(slot, plan.last_bin.reshape(-1, 1, 1, 1)).clamp_min(-SPLAT_REACH_BINS)
-        row = torch.arange(n_segments * n_atoms, device=f0.device).reshape(n_segments, n_atoms, 1) * plan.n_slots
-        index = (slot + plan.first_slot.reshape(-1, 1, 1, 1)).long() + row
+        index = by_atom((slot + plan.first_slot.reshape(-1, 1, 1, 1)).long())
     taps = dsp.hann_power_taps(position, plan.taps)
-    flat = index.flatten()
-    size = n_segments * n_atoms * plan.n_slots
     return tuple(
-        torch.zeros(size, device=f0.device, dtype=taps.dtype)
-        .scatter_add(0, flat, (taps * w).flatten())
+        torch.zeros(n_segments * n_atoms, plan.n_slots, device=f0.device, dtype=taps.dtype)
+        .scatter_add(1, index, by_atom(taps * w))
         .reshape(n_segments, n_atoms, plan.n_slots)
         for w in weights
     )
