@@ -159,19 +159,15 @@ def resonance_power(e2: Tensor, decay_s: Tensor, *, step_samples: int, sample_ra
 
     Computes y[n] = (1 - q1) * sum_{m <= n} w_{n-m} e2[m] Q^(n - m), with q1 the
     per-sample power decay, Q = q1^step the decay per grid step, w = step
-    (samples per cell) except w_0 = (step + 1) / 2 (half of the own cell), as an
-    exact linear (not circular) convolution via the FFT. The kernel's DFT is the
-    closed form of a truncated geometric series, so no kernel is ever built.
-    With step 1 this is exactly the sample-level recursion.
-
-    The gradient is written out (`_ResonancePower`): autograd through the
-    complex kernel costs three times the forward pass, this costs about one.
+    (samples per cell) except w_0 = (step + 1) / 2 (half of the own cell):
+    y = (1 - q1) (step r - (step - 1) / 2 e2) with r the decayed sum of e2
+    (`decayed_sum`). With step 1 this is exactly the sample-level recursion.
 
     Args:
         e2: Burst power on a grid of `step_samples` samples, shape (..., points).
         decay_s: 60 dB decay time, shape (..., 1), broadcasting with `e2`: e.g.
             e2 of shape (batch, atoms, 1, points) and decay_s of shape
-            (batch, atoms, decays, 1) give every decay for one FFT of the burst.
+            (batch, atoms, decays, 1) give every decay of one burst.
         step_samples: Grid step in samples (1 for audio rate).
         sample_rate: Sample rate in Hz.
 
@@ -179,69 +175,92 @@ def resonance_power(e2: Tensor, decay_s: Tensor, *, step_samples: int, sample_ra
         Resonance power on the same grid, shape (broadcast of both, points).
     """
     log_q1 = -2.0 * LN_1000 / (decay_s * sample_rate)  # per-sample power decay, as a log
-    return _ResonancePower.apply(e2, log_q1, step_samples)
+    r = decayed_sum(e2, step_samples * log_q1)
+    return -torch.expm1(log_q1) * (step_samples * r - 0.5 * (step_samples - 1) * e2)
 
 
-def _decay_kernel_spectrum(log_q1: Tensor, n: int, step: int) -> Tensor:
-    """DFT (length 2n, bins 0..n) of h[j] = step (1 - q1) Q^j for 0 <= j < n, else 0.
+def decayed_sum(x: Tensor, log_q: Tensor) -> Tensor:
+    """r[n] = sum_{m <= n} Q^(n - m) x[m] (the recursion r[n] = Q r[n-1] + x[n]), Q = exp(log_q).
 
-    sum_{j<n} z^j = (1 - z^n) / (1 - z) with z = Q e^{-i theta}, z^n = Q^n (-1)^m.
+    Evaluated in blocks of B ~ sqrt(points) samples, with matrix products
+    instead of a loop over samples: within each block r is x times the
+    lower-triangular Toeplitz matrix Q^(i - j); each block's last value, carried
+    through the blocks before it (a second such matrix, in steps of Q^B), is
+    added to the next block as Q^(i + 1) times it. Every term is a product of
+    non-negative powers of Q, so nothing overflows or cancels (an FFT convolution
+    spreads ~1e-7 of the largest value over every output in float32; this keeps
+    each output's own relative precision).
+
+    The gradient is written out (`_DecayedSum`): x's is the same sum run
+    backwards in time over the incoming gradient, and log_q's follows from
+    dr[n]/dlog_q = Q (r[n-1] + dr[n-1]/dlog_q).
+
+    Args:
+        x: Shape (..., points).
+        log_q: Log of the decay per point (<= 0), shape (..., 1), broadcasting with x.
+
+    Returns:
+        Shape (broadcast of both, points).
     """
-    theta = math.pi * torch.arange(n + 1, device=log_q1.device, dtype=log_q1.dtype) / n  # 2 pi m / (2n)
-    log_q = step * log_q1
-    q = torch.exp(log_q)
-    # 1 - z, with the real part written to keep precision when Q -> 1.
-    den_re = -torch.expm1(log_q) + 2.0 * q * torch.sin(theta / 2) ** 2
-    den_im = q * torch.sin(theta)
-    sign = 1.0 - 2.0 * (torch.arange(n + 1, device=log_q1.device) % 2).to(log_q1.dtype)  # (-1)^m
-    num = 1.0 - torch.exp(n * log_q) * sign
-    scale = step * -torch.expm1(log_q1) * num / (den_re**2 + den_im**2)
-    return torch.complex(scale * den_re, -scale * den_im)  # num / den = num * conj(den) / |den|^2
+    return _DecayedSum.apply(x, log_q)
 
 
-class _ResonancePower(torch.autograd.Function):
-    """y = (e2 conv h)[:n] - (step - 1) / 2 * (1 - q1) * e2, with its gradient in closed form.
+def _powers_table(log_q: Tensor, n: int, scale: int) -> Tensor:
+    """Lower-triangular Toeplitz matrices Q^(scale (i - j)) for 0 <= j <= i < n (else 0), shape (..., n, n).
 
-    For g = dL/dy:
-      dL/de2     = (g correlated with h) - (step - 1) / 2 * (1 - q1) * g        (one more FFT pair)
-      dL/dlog_q1 = sum_n g[n] dy[n]/dlog_q1, where dh[j]/dlog_q1 = h[j] (step j - q1 / (1 - q1)):
-                 = -q1 / (1 - q1) <g, e2 conv h> + step <j h, g correlated with e2> + (step - 1) / 2 q1 <g, e2>
+    From w = [0 (n - 1 times), Q^0, ..., Q^(scale (n - 1))]: M[i, j] = w[n - 1 + i - j], whose
+    column-reversed matrix is w[i + j'], a strided view of w; one flip copies it out.
+    """
+    k = torch.arange(n, device=log_q.device, dtype=log_q.dtype)
+    powers = torch.exp((k * (scale * log_q)).clamp_min(EXP_FLOOR))  # (..., n)
+    w = torch.cat([powers.new_zeros(*powers.shape[:-1], n - 1), powers], dim=-1)
+    hankel = w.as_strided((*w.shape[:-1], n, n), (*w.stride()[:-1], 1, 1))
+    return hankel.flip(-1)
+
+
+def _block_sum(x: Tensor, log_q: Tensor, within: Tensor, across: Tensor, *, reverse: bool) -> Tensor:
+    """The decayed sum of x (forwards, or backwards in time) given both tables of `_powers_table`."""
+    n = x.shape[-1]
+    block = within.shape[-1]
+    if reverse:
+        x = x.flip(-1)
+    blocks = torch.nn.functional.pad(x, (0, across.shape[-1] * block - n)).unflatten(-1, (-1, block))
+    local = blocks @ within.transpose(-1, -2)  # (..., blocks, block): each block on its own
+    ends = across @ local[..., -1:]  # (..., blocks, 1): r at each block's last point
+    carried = torch.nn.functional.pad(ends[..., :-1, :], (0, 0, 1, 0))  # r at the end of the block before
+    rise = torch.exp((torch.arange(1, block + 1, device=x.device, dtype=x.dtype) * log_q).clamp_min(EXP_FLOOR))
+    out = (local + carried * rise.unsqueeze(-2)).flatten(-2)[..., :n]
+    return out.flip(-1) if reverse else out
+
+
+class _DecayedSum(torch.autograd.Function):
+    """r = decayed_sum(x, log_q), with g = dL/dr:
+
+    dL/dx[m] = sum_{n >= m} Q^(n - m) g[n]                     (the sum backwards in time),
+    dL/dlog_q = sum_n g[n] dr[n]/dlog_q = sum_m Q r[m - 1] dL/dx[m]   (r[-1] = 0).
     """
 
     @staticmethod
-    def forward(ctx, e2: Tensor, log_q1: Tensor, step: int) -> Tensor:
-        n = e2.shape[-1]
-        kernel = _decay_kernel_spectrum(log_q1, n, step)
-        spec = torch.fft.rfft(e2, n=2 * n)
-        conv = torch.fft.irfft(spec * kernel, n=2 * n)[..., :n]
-        y = conv + 0.5 * (step - 1) * torch.expm1(log_q1) * e2
-        ctx.step = step
-        ctx.save_for_backward(e2, log_q1, y, spec, kernel)
-        return y
+    def forward(ctx, x: Tensor, log_q: Tensor) -> Tensor:
+        n = x.shape[-1]
+        block = math.isqrt(max(n - 1, 0)) + 1  # the smallest B with B^2 >= n
+        within = _powers_table(log_q, block, 1)
+        across = _powers_table(log_q, -(-n // block), block)
+        r = _block_sum(x, log_q, within, across, reverse=False)
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(log_q, r, within, across)
+        return r
 
     @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        e2, log_q1, y, spec, kernel = ctx.saved_tensors
-        step, n = ctx.step, e2.shape[-1]
-        one_minus_q1 = -torch.expm1(log_q1)
-        grad_spec = torch.fft.rfft(grad, n=2 * n)
-        grad_e2 = grad_log_q1 = None
-        if ctx.needs_input_grad[0]:
-            # Sum over broadcast axes (several decays of one burst) before the inverse FFT.
-            corr = (grad_spec * kernel.conj()).sum_to_size(*e2.shape[:-1], grad_spec.shape[-1])
-            grad_e2 = torch.fft.irfft(corr, n=2 * n)[..., :n]
-            grad_e2 = grad_e2 - (0.5 * (step - 1) * one_minus_q1 * grad).sum_to_size(e2.shape)
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        log_q, r, within, across = ctx.saved_tensors
+        grad_in = _block_sum(grad, log_q, within, across, reverse=True)
+        grad_x = grad_in.sum_to_size(ctx.x_shape) if ctx.needs_input_grad[0] else None
+        grad_log_q = None
         if ctx.needs_input_grad[1]:
-            q1 = 1.0 - one_minus_q1
-            cross = torch.fft.irfft(grad_spec * spec.conj(), n=2 * n)[..., :n]
-            j = torch.arange(n, device=e2.device, dtype=e2.dtype)
-            jh = step * one_minus_q1 * j * torch.exp((step * log_q1 * j).clamp_min(EXP_FLOOR))
-            g_e2 = (grad * e2).sum(-1, keepdim=True)
-            g_conv = (grad * y).sum(-1, keepdim=True) + 0.5 * (step - 1) * one_minus_q1 * g_e2
-            grad_log_q1 = (
-                -q1 / one_minus_q1 * g_conv + step * (jh * cross).sum(-1, keepdim=True) + 0.5 * (step - 1) * q1 * g_e2
-            ).sum_to_size(log_q1.shape)
-        return grad_e2, grad_log_q1, None
+            previous = torch.nn.functional.pad(r[..., :-1], (1, 0))
+            grad_log_q = (torch.exp(log_q) * (previous * grad_in).sum(-1, keepdim=True)).sum_to_size(log_q.shape)
+        return grad_x, grad_log_q
 
 
 def partial_frequencies(f0_hz: Tensor, inharmonicity: Tensor, k: Tensor) -> Tensor:

@@ -115,7 +115,7 @@ class FitConfig:
         sparsity: Final weight of the L1 penalty on atom gains (in dB above the bottom of their range).
         prune_db: Atoms this far below the loudest one are pruned.
         segments_per_chunk: Segments optimised together (bounds memory).
-        grid_step: Time grid of the fast engine, in samples.
+        grid_step: Time grid of the fast engine, in samples (a power of two, so every hop is whole cells).
         greedy: Weight of a second distance computed with only the louder half of
             each segment's atoms (matching-pursuit-like: the loud atoms must explain
             as much as they can on their own). 0 = plain global loss. Fast engine only.
@@ -158,6 +158,10 @@ class FitConfig:
             (self.prune_db > 0, f"prune_db={self.prune_db} must be > 0"),
             (self.segments_per_chunk >= 1, f"segments_per_chunk={self.segments_per_chunk} must be >= 1"),
             (self.greedy >= 0, f"greedy={self.greedy} must be >= 0"),
+            (
+                self.grid_step >= 1 and not self.grid_step & (self.grid_step - 1),
+                f"grid_step={self.grid_step} must be a power of two",
+            ),
             (
                 self.greedy == 0 or self.engine == "fast",
                 f"greedy={self.greedy} needs the fast engine: use engine fast, or greedy 0",

@@ -9,7 +9,7 @@ product:
     E[|X|^2](frame, bin) = N/2 * sum_branches  P(branch, frame) * psi(branch, bin)
 
 - P: each branch's power on a coarse time grid (closed-form burst envelope;
-  the resonance parts' decays applied in closed form by `dsp.resonance_power`;
+  the resonance parts' decays applied by `dsp.resonance_power`, a blocked recursion;
   the atom's release window `dsp.release_gain` on all three),
   weighted by the squared analysis window (a strided window sum per resolution).
 - psi, noise: the gaussian band widened by the window's own spectral spread
@@ -159,15 +159,17 @@ class Plan:
             Shape (segments, branches, n_window / hop).
         """
         res, grid = self.resolutions[i], self.grid
-        first = (grid.pad - res.n_fft // 2) // grid.step
-        n_frames = grid.n_window // res.hop
         stride = res.hop // grid.step
+        # The first frame starts (pad - n_fft / 2) samples into the grid: a whole number of hops,
+        # as every size is a power of two. Convolving the whole grid and keeping the frames in the
+        # window (not convolving a slice of it) spares the backward a zero-filled grid-sized gradient.
+        first = (grid.pad - res.n_fft // 2) // res.hop
+        n_frames = grid.n_window // res.hop
+        rows = powers.reshape(1, -1, powers.shape[-1])
         kernel = self.time_kernels[i]
-        span = powers[..., first : first + (n_frames - 1) * stride + kernel.numel()]
-        rows = span.reshape(1, -1, span.shape[-1])
         weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
         out = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
-        return out.reshape(*span.shape[:-1], n_frames)
+        return out[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames)
 
 
 def branch_powers(

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import scipy.fft
 import torch
 from torch import Tensor
 
@@ -221,15 +220,13 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
         audio = render_atoms(
             sub,
             white,
-            # The resonance's FFTs are 2x this long: a 5-smooth length keeps them fast (a few samples
-            # past the support, where the atom is below -TAIL_DB, cost less than an awkward length).
-            n_samples=scipy.fft.next_fast_len(last - first, real=True),
+            n_samples=last - first,
             sample_rate=sr,
             start=first,
             envelope=atom_set.envelope,
             n_partials=atom_set.n_partials,
         )
-        out[first:last] += audio.sum(dim=(0, 1))[: last - first]
+        out[first:last] += audio.sum(dim=(0, 1))
     for segment in atom_set.floor:
         level_db = torch.tensor(segment.level_db, dtype=torch.float64, device=device)
         first, audio = render_floor_segment(

@@ -190,6 +190,40 @@ def test_resonance_batches_atoms_independently(rng):
             )
 
 
+@pytest.mark.parametrize("n", [1, 2, 7, 33, 1000])
+@pytest.mark.parametrize("log_q", [0.0, -0.01, -4.0, -50.0])
+def test_decayed_sum_is_the_first_order_recursion(rng, n, log_q):
+    # Block sizes follow sqrt(n): 1, 2, 3, 6 and 32 points, with a partial last block for 7 and 1000.
+    x = rng.uniform(0.0, 1.0, (2, n))
+    r = dsp.decayed_sum(_t(x), torch.full((2, 1), log_q, dtype=torch.float64)).numpy()
+    expected = np.empty_like(x)
+    acc = np.zeros(2)
+    for i in range(n):
+        acc = math.exp(log_q) * acc + x[:, i]
+        expected[:, i] = acc
+    np.testing.assert_allclose(r, expected, rtol=1e-12)
+
+
+def test_decayed_sum_keeps_the_relative_precision_of_a_long_tail_in_float32():
+    # An impulse through Q = 0.9: r[n] = 0.9^n falls to 1e-30 over 650 points. Each output is a product
+    # of powers of Q, so even the smallest keeps float32's relative precision (an FFT convolution's
+    # rounding, ~1e-7 of the peak, would swamp everything below ~-70 dB).
+    n = 650
+    x = torch.zeros(1, n)
+    x[0, 0] = 1.0
+    r = dsp.decayed_sum(x, torch.full((1, 1), math.log(0.9))).double()
+    expected = 0.9 ** torch.arange(n, dtype=torch.float64)
+    assert expected[-1] < 1e-29
+    assert ((r[0] - expected).abs() / expected).max() < 1e-5
+
+
+def test_decayed_sum_gradient_matches_finite_differences_when_decays_broadcast(rng):
+    # One input per atom, two decays: the input's gradient sums over both.
+    x = _t(rng.uniform(0.0, 1.0, size=(2, 1, 3, 50))).requires_grad_(True)
+    log_q = _t(-rng.uniform(0.01, 0.5, size=(2, 2, 3, 1))).requires_grad_(True)
+    assert torch.autograd.gradcheck(dsp.decayed_sum, (x, log_q))
+
+
 @pytest.mark.parametrize(("step", "decay_s", "spread_s"), [(11, 0.2, 0.02), (33, 0.2, 0.02), (33, 0.05, 0.01)])
 def test_resonance_on_a_coarse_grid_approximates_the_sample_level_result(step, decay_s, spread_s):
     n = SAMPLE_RATE

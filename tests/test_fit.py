@@ -153,6 +153,7 @@ def test_bad_audio_is_refused(audio, message):
         ({"envelope": "square"}, "envelope"),
         ({"lr": 0.0}, "lr"),
         ({"fft_sizes": (1000,)}, "fft size"),
+        ({"grid_step": 48}, "grid_step"),
         ({"device": "cuda"}, "CUDA"),
     ],
 )
