@@ -140,19 +140,13 @@ class AtomParams:
         """Inverse of `stack`: (batch, atoms, n_fields) -> AtomParams."""
         if values.shape[-1] != N_FIELDS:
             raise ParameterError(f"expected {N_FIELDS} fields in the last axis, got {values.shape[-1]}")
-        return cls(**{name: values[..., i] for i, name in enumerate(FIELDS)})
+        # One unbind, not a slice per field: its backward is one stack instead of a zero-filled
+        # full-size gradient per field.
+        return cls(**dict(zip(FIELDS, values.unbind(-1), strict=True)))
 
     def select(self, index: Tensor | slice) -> AtomParams:
         """Atoms `index` along the atoms axis of every field."""
         return AtomParams(**{f.name: getattr(self, f.name)[:, index] for f in fields(self)})
-
-
-def _forward(raw: Tensor, rng: Range) -> Tensor:
-    unit = torch.sigmoid(raw)
-    if rng.log:
-        lo, hi = math.log(rng.lo), math.log(rng.hi)
-        return torch.exp(lo + (hi - lo) * unit)
-    return rng.lo + (rng.hi - rng.lo) * unit
 
 
 def _inverse(value: Tensor, rng: Range) -> Tensor:
@@ -184,25 +178,40 @@ def floor_to_raw(level_db: Tensor, ceiling_db: Tensor) -> Tensor:
     return torch.logit(unit.clamp(_EDGE, 1 - _EDGE))
 
 
-def to_physical(raw: Tensor, *, bounds: Bounds, t0_s: Tensor, span_s: float) -> AtomParams:
+def to_physical(raw: Tensor, *, bounds: Bounds, t0_s: Tensor, span_s: Tensor | float) -> AtomParams:
     """Map raw parameters to physical units.
+
+    Every field at once: value = lo + (hi - lo) * sigmoid(raw) (lo, hi in log
+    units for a log-scale field, then exponentiated), with time_s's lo the
+    batch item's t0_s and its width span_s.
 
     Args:
         raw: Unconstrained parameters, shape (batch, atoms, n_fields).
         bounds: Physical ranges of every field but `time_s`.
         t0_s: Start of each batch item's onset window in seconds, shape (batch, 1).
-        span_s: Length of the onset window in seconds; onsets lie in [t0_s, t0_s + span_s].
+        span_s: Length of the onset window in seconds, shape (batch, 1) or one for all;
+            onsets lie in [t0_s, t0_s + span_s].
 
     Returns:
         `AtomParams` with tensors of shape (batch, atoms).
     """
-    out = {"time_s": t0_s + span_s * torch.sigmoid(raw[..., 0])}
-    for i, name in enumerate(FIELDS[1:], start=1):
-        out[name] = _forward(raw[..., i], bounds.range_of(name))
-    return AtomParams(**out)
+    ranges = [bounds.range_of(name) for name in FIELDS[1:]]
+    ends = [(math.log(r.lo), math.log(r.hi)) if r.log else (r.lo, r.hi) for r in ranges]
+    like = {"device": raw.device, "dtype": raw.dtype}
+    lo = torch.tensor([0.0] + [a for a, _ in ends], **like)
+    width = torch.tensor([0.0] + [b - a for a, b in ends], **like)
+    is_log = torch.tensor([False] + [r.log for r in ranges], device=raw.device)
+    span = torch.as_tensor(span_s, **like).expand_as(t0_s)
+    # time_s's lo and width per batch item, as (batch, 1, n_fields) rows that are 0 past the first field.
+    lo = lo + torch.nn.functional.pad(t0_s.unsqueeze(-1), (0, N_FIELDS - 1))
+    width = width + torch.nn.functional.pad(span.unsqueeze(-1), (0, N_FIELDS - 1))
+    values = torch.addcmul(lo, width, torch.sigmoid(raw))
+    # exp only where the scale is logarithmic (elsewhere exp(0), unused: no overflow, zero gradient).
+    values = torch.where(is_log, torch.exp(values * is_log), values)
+    return AtomParams.unstack(values)
 
 
-def to_raw(phys: AtomParams, *, bounds: Bounds, t0_s: Tensor, span_s: float) -> Tensor:
+def to_raw(phys: AtomParams, *, bounds: Bounds, t0_s: Tensor, span_s: Tensor | float) -> Tensor:
     """Exact inverse of `to_physical` (values on a bound are pulled inside by 1e-6).
 
     Returns:

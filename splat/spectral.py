@@ -428,9 +428,10 @@ def expected_power(
     for i in range(len(plan.resolutions)):
         frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 3 atoms)
         # One product per branch (noise, body, short part): no concatenated copy of the spectra.
-        noisy = torch.bmm(frames[..., :n_atoms], noise[i])
-        tonal = torch.bmm(frames[..., n_atoms : 2 * n_atoms], bodies[i])
-        tonal = torch.baddbmm(tonal, frames[..., 2 * n_atoms :], shorts[i])
+        # (One split, not three slices: its backward is one concatenation, not three zero-filled gradients.)
+        noise_frames, body_frames, short_frames = frames.split(n_atoms, dim=-1)
+        noisy = torch.bmm(noise_frames, noise[i])
+        tonal = torch.baddbmm(torch.bmm(body_frames, bodies[i]), short_frames, shorts[i])
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
             noisy = torch.baddbmm(noisy, floor_at[i], spectrum.unsqueeze(1))
