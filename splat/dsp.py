@@ -186,10 +186,11 @@ def decayed_sum(x: Tensor, log_q: Tensor) -> Tensor:
     instead of a loop over samples: within each block r is x times the
     lower-triangular Toeplitz matrix Q^(i - j); each block's last value, carried
     through the blocks before it (a second such matrix, in steps of Q^B), is
-    added to the next block as Q^(i + 1) times it. Every term is a product of
-    non-negative powers of Q, so nothing overflows or cancels (an FFT convolution
-    spreads ~1e-7 of the largest value over every output in float32; this keeps
-    each output's own relative precision).
+    added to the next block as Q^(i + 1) times it. Every weight is a power
+    Q^k <= 1 with k >= 0, so nothing overflows, and for x >= 0 (a burst's power)
+    every output is a sum of non-negative terms, so it keeps float32's relative
+    precision (an FFT convolution spreads ~1e-7 of the largest value over every
+    output instead).
 
     The gradient is written out (`_DecayedSum`): x's is the same sum run
     backwards in time over the incoming gradient, and log_q's follows from
