@@ -121,8 +121,10 @@ def onset_pitches(
             break
         f0 = float(grid[best])
         bin_of_f0 = int(round(f0 * n_fft / sample_rate))
-        # Refine on the spectrum: the strongest bin within a third of a semitone of f0.
-        lo, hi = int(bin_of_f0 * 0.98), int(np.ceil(bin_of_f0 * 1.02)) + 1
+        # Refine on the spectrum: the strongest bin within a third of a semitone of f0; never
+        # the DC bin, which a low f0 reaches on a coarse spectrum (a long FFT at a high rate).
+        lo = max(int(bin_of_f0 * 0.98), 1)
+        hi = max(int(np.ceil(bin_of_f0 * 1.02)) + 1, lo + 1)
         peak_bin = lo + int(np.argmax(spectrum[lo:hi]))
         novelty = new_spectrum[lo:hi].max() / max(float(after_spectrum[lo:hi].max()), 1e-12)
         partial_bins = [int(round(h * f0 * n_fft / sample_rate)) for h in range(1, 9)]

@@ -71,6 +71,16 @@ def test_a_subharmonic_without_its_fundamental_is_not_a_note(tone):
         assert any(_semitones(f0, note) < 0.5 for f0 in found), (note, found)
 
 
+def test_a_pitch_below_the_first_bin_is_not_refined_onto_dc():
+    # At 192 kHz a 4096-point bin is 47 Hz: the lowest candidates (27.5 Hz up) sit within
+    # one bin of DC, whose magnitude here leads their harmonic sums.
+    sample_rate, n_fft = 192000, 4096
+    new = np.zeros(n_fft // 2 + 1)
+    new[:3] = [1.0, 0.6, 0.3]
+    found = [f0 for f0, _ in onset_pitches(new, np.zeros_like(new), sample_rate, max_pitches=4)]
+    assert found and min(found) > 0.0, found
+
+
 def _decaying_note(f0_hz: float, t_s: np.ndarray, amplitude: float, decay_s: float) -> np.ndarray:
     """Six harmonics (1/k amplitudes) decaying exponentially from t_s = 0; zero before it."""
     partials = sum(np.sin(2 * np.pi * k * f0_hz * t_s) / k for k in range(1, 7))
