@@ -206,10 +206,10 @@ class AtomSet:
         self, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float64
     ) -> tuple[AtomParams, torch.Tensor]:
         """Atoms as batch-1 tensors: (`AtomParams` of shape (1, atoms), noise seeds (atoms,))."""
-        values = torch.tensor([[getattr(a, name) for name in FIELDS] for a in self.atoms], dtype=torch.float64).reshape(
-            1, len(self.atoms), len(FIELDS)
-        )
-        seeds = torch.tensor([a.noise_seed for a in self.atoms], dtype=torch.int64)
+        values = torch.tensor(
+            [[getattr(a, name) for name in FIELDS] for a in self.atoms], dtype=torch.float64, device="cpu"
+        ).reshape(1, len(self.atoms), len(FIELDS))
+        seeds = torch.tensor([a.noise_seed for a in self.atoms], dtype=torch.int64, device="cpu")
         return AtomParams.unstack(values.to(device=device, dtype=dtype)), seeds
 
     def with_atoms(self, atoms: list[Atom] | tuple[Atom, ...]) -> AtomSet:

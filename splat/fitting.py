@@ -386,12 +386,13 @@ def starting_durations(time_s: np.ndarray, onsets_s: np.ndarray) -> np.ndarray:
 
 def _tone_peak_db(sample_rate: int, envelope: str) -> float:
     """Peak level (dB) of the resonance of a 0 dB atom with the starting shape (`START_SHAPE`)."""
-    u = torch.arange(int(0.5 * sample_rate), dtype=torch.float64) / sample_rate
-    one = torch.ones(1, 1, 1, dtype=torch.float64)
+    host = {"dtype": torch.float64, "device": "cpu"}
+    u = torch.arange(int(0.5 * sample_rate), **host) / sample_rate
+    one = torch.ones(1, 1, 1, **host)
     env = dsp.burst_envelope(
         u.view(1, 1, -1), one * START_SHAPE["attack_s"], one * START_SHAPE["spread_s"], shape=envelope
     )
-    decays = torch.tensor([START_SHAPE["decay_s"], START_SHAPE["short_decay_s"]], dtype=torch.float64)
+    decays = torch.tensor([START_SHAPE["decay_s"], START_SHAPE["short_decay_s"]], **host)
     body, short = dsp.resonance_power(
         env.unsqueeze(-2) ** 2, decays.view(1, 1, 2, 1), step_samples=1, sample_rate=sample_rate
     ).unbind(-2)
@@ -441,7 +442,7 @@ class _FloorFit:
         # Kept 1 dB inside the level range, so the sigmoid's interval is never empty.
         ceiling_db = torch.stack(quiet).clamp(FLOOR_LEVEL_DB.lo + 1.0, FLOOR_LEVEL_DB.hi)
         raw0 = floor_to_raw(ceiling_db - FLOOR_START_DB, ceiling_db)
-        seeds = torch.tensor(rng.integers(0, 2**62, size=len(region.segment_starts)), dtype=torch.int64)
+        seeds = torch.tensor(rng.integers(0, 2**62, size=len(region.segment_starts)), dtype=torch.int64, device="cpu")
         return cls(ceiling_db, raw0, torch.zeros_like(raw0, requires_grad=True), seeds)
 
     def levels_db(self) -> Tensor:
@@ -479,7 +480,7 @@ def _fit_chunk(
     step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device)
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
-    seeds = torch.tensor(noise_seeds, dtype=torch.int64)
+    seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:

@@ -41,7 +41,7 @@ def white_noise(seeds: Tensor, *, n_samples: int, device: torch.device | str = "
     rows = []
     for seed in seeds.tolist():
         gen = torch.Generator().manual_seed(int(seed))
-        rows.append(torch.randn(n_samples, generator=gen))
+        rows.append(torch.randn(n_samples, generator=gen, device=gen.device))
     if not rows:
         return torch.zeros(0, n_samples, device=device)
     return torch.stack(rows).to(device)
@@ -173,7 +173,8 @@ def render_floor_segment(
         The file sample the audio starts at, and the audio, differentiable in `level_db`.
     """
     first, last = floor.support(start_s, end_s, sample_rate=sample_rate, n_samples=n_file)
-    white = white_noise(torch.tensor([seed]), n_samples=last - first, device=level_db.device)[0].to(level_db.dtype)
+    seeds = torch.tensor([seed], device="cpu")  # seeds stay on the host (`white_noise`)
+    white = white_noise(seeds, n_samples=last - first, device=level_db.device)[0].to(level_db.dtype)
     audio = floor.render(
         level_db, white, start_s=start_s, end_s=end_s, first=first, sample_rate=sample_rate, n_file=n_file
     )
