@@ -182,7 +182,11 @@ def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) ->
         Onset times in seconds, shape (onsets,), and the seeds sorted by
         salience, strongest first.
     """
+    duration_s = audio.size / sample_rate
+    if audio.size < _N_FFT:  # silence after a very short clip, rather than librosa's warnings about it
+        audio = np.pad(audio, (0, _N_FFT - audio.size))
     onsets = detect_onsets(audio, sample_rate)
+    onsets = onsets[onsets < duration_s]  # not the clip's own end, seen against the silence after it
     if file_start and (onsets.size == 0 or onsets[0] > START_ONSET_S) and rings_at_start(audio):
         onsets = np.concatenate([[0.0], onsets])
     mag = np.abs(librosa.stft(audio, n_fft=_N_FFT, hop_length=_HOP, window="hann", center=True))

@@ -224,7 +224,7 @@ def fit(
 
     Raises:
         ParameterError: on an invalid config or a sample-rate mismatch.
-        AudioError: on empty, silent or non-finite audio.
+        AudioError: on empty, too short (under one frame of the shortest STFT), silent or non-finite audio.
     """
     config.validate()
     if sample_rate != config.sample_rate:
@@ -232,6 +232,12 @@ def fit(
     samples = np.asarray(audio, dtype=np.float64).reshape(-1)
     if samples.size == 0:
         raise AudioError("the audio is empty: nothing to fit")
+    shortest = min(config.fft_sizes)
+    if samples.size < shortest:
+        raise AudioError(
+            f"the audio is too short to fit: {samples.size} sample{'s' * (samples.size != 1)}, less than one"
+            f" frame of the loss's shortest STFT ({shortest} samples, {1000 * shortest / sample_rate:.0f} ms)"
+        )
     if not np.all(np.isfinite(samples)):
         raise AudioError("the audio contains NaN or infinite samples")
     peak = float(np.max(np.abs(samples)))

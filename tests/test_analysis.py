@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 
 import numpy as np
 import pytest
@@ -102,3 +103,12 @@ def test_a_file_cut_inside_a_note_gets_an_onset_at_0_s_with_that_note():
     late = _decaying_note(C4, t_s - 0.04, 0.2, 0.5).astype(np.float32)
     assert not rings_at_start(late)
     assert not rings_at_start(np.zeros(SR, dtype=np.float32))
+
+
+def test_a_clip_shorter_than_one_fft_is_analysed_without_warnings():
+    t_s = np.arange(300) / SR  # 14 ms: shorter than both librosa FFTs (2048, 4096)
+    audio = _decaying_note(A4, t_s - 0.002, 0.8, 0.5).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        onsets, seeds = analyse(audio, SR, file_start=True)
+    assert np.all(onsets < t_s[-1]) and all(s.time_s < t_s[-1] for s in seeds)
