@@ -21,6 +21,9 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
+#: Rate of the analysis, whatever the fit's: its FFT, hop and onset settings are tuned for it, and
+#: onsets (s) and pitches (Hz) do not depend on it.
+ANALYSIS_RATE = 22050
 _N_FFT = 4096
 _HOP = 256
 _N_HARMONICS = 16
@@ -172,6 +175,7 @@ def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) ->
 
     Args:
         audio: Mono audio, shape (samples,), already normalised.
+        sample_rate: Its rate in Hz; other rates than `ANALYSIS_RATE` are resampled to it.
         file_start: `audio` starts where the file does. If it starts inside a
             sound (`rings_at_start`) and no onset was detected near 0 s, 0 s is an
             onset too, with everything sounding there new: otherwise no atom would
@@ -183,6 +187,9 @@ def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) ->
         salience, strongest first.
     """
     duration_s = audio.size / sample_rate
+    if sample_rate != ANALYSIS_RATE:
+        audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=ANALYSIS_RATE, res_type="soxr_hq")
+        sample_rate = ANALYSIS_RATE
     if audio.size < _N_FFT:  # silence after a very short clip, rather than librosa's warnings about it
         audio = np.pad(audio, (0, _N_FFT - audio.size))
     onsets = detect_onsets(audio, sample_rate)

@@ -112,3 +112,20 @@ def test_a_clip_shorter_than_one_fft_is_analysed_without_warnings():
         warnings.simplefilter("error")
         onsets, seeds = analyse(audio, SR, file_start=True)
     assert np.all(onsets < t_s[-1]) and all(s.time_s < t_s[-1] for s in seeds)
+
+
+def test_onsets_and_pitches_do_not_depend_on_the_sample_rate():
+    # An F2 and then an A4; at 192 kHz a 4096-point FFT would resolve neither F2 nor its neighbours.
+    def clip(rate: int) -> np.ndarray:
+        t_s = np.arange(int(0.7 * rate)) / rate
+        return (_decaying_note(F2, t_s - 0.05, 0.5, 0.6) + _decaying_note(A4, t_s - 0.35, 0.4, 0.6)).astype(np.float32)
+
+    onsets, seeds = analyse(clip(SR), SR)
+    for rate in (48000, 192000):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            onsets_at, seeds_at = analyse(clip(rate), rate)
+        assert onsets_at.shape == onsets.shape and np.allclose(onsets_at, onsets, atol=0.012), (rate, onsets_at)
+        for note in (F2, A4):
+            assert any(_semitones(s.f0_hz, note) < 0.5 for s in seeds_at), (rate, note, seeds_at)
+    assert all(any(_semitones(s.f0_hz, note) < 0.5 for s in seeds) for note in (F2, A4)), seeds
