@@ -154,16 +154,28 @@ class _RateColumn(ProgressColumn):
 
 
 class _FitBars:
-    """Rich progress bars fed by `fit`'s callback: an overall bar and one bar per chunk."""
+    """Rich progress bars fed by `fit`'s callback: an overall bar and one bar per chunk.
+
+    A context manager; the bars appear with the first step, so a fit refused before it
+    (too short, say) leaves only its error on the terminal.
+    """
 
     def __init__(self, progress: Progress) -> None:
         self._progress = progress
         self._overall: TaskID | None = None
         self._chunks: dict[int, TaskID] = {}
 
+    def __enter__(self) -> _FitBars:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._overall is not None:
+            self._progress.stop()
+
     def __call__(self, update: FitProgress) -> None:
         loss = f"{update.loss:.4f}"
         if self._overall is None:
+            self._progress.start()
             self._overall = self._progress.add_task(
                 "overall", total=update.n_chunks * update.n_steps, loss="", n_active=""
             )
@@ -298,8 +310,8 @@ def fit_command(
         if not quiet:
             _announce_conversions(loaded, log)
         tune_allocator()
-        with _progress_bars(log, disable=quiet) as progress:
-            result = fit(loaded.samples, loaded.sample_rate, config, callback=_FitBars(progress))
+        with _FitBars(_progress_bars(log, disable=quiet)) as bars:
+            result = fit(loaded.samples, loaded.sample_rate, config, callback=bars)
         # Both files appear together or not at all.
         with atomic_path(json_path) as json_tmp, atomic_path(wav_path) as wav_tmp:
             result.atoms.save(json_tmp)

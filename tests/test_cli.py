@@ -35,7 +35,7 @@ def run(*args: object) -> Result:
 
 def assert_one_error_line(result: Result, *, mentions: str = "") -> str:
     """The run failed with exit code 1 and printed exactly one `error:` line and no traceback."""
-    lines = result.output.strip().splitlines()
+    lines = result.output.rstrip("\n").splitlines()  # a blank line before the error counts as a line
     assert result.exit_code == 1, result.output
     assert len(lines) == 1, result.output
     assert lines[0].startswith("error: "), result.output
@@ -228,6 +228,12 @@ def _silent_file(folder: Path) -> Path:
     return path
 
 
+def _too_short_file(folder: Path) -> Path:
+    path = folder / "song.wav"
+    sf.write(path, np.full(300, 0.1, np.float32), 22050, subtype="FLOAT")
+    return path
+
+
 def _nan_file(folder: Path) -> Path:
     samples = np.full(4000, 0.1, np.float32)
     samples[123] = np.nan
@@ -243,6 +249,7 @@ def _nan_file(folder: Path) -> Path:
         (_zero_byte_file, "empty"),
         (_no_samples_file, "no samples"),
         (_silent_file, "silent"),
+        (_too_short_file, "too short"),
         (_nan_file, "NaN"),
         (lambda folder: folder / "missing.wav", "does not exist"),
     ],
