@@ -446,6 +446,17 @@ def eval_command(
         atom_set = None if atoms_json is None else AtomSet.load(atoms_json)
         recon = load_audio(reconstruction, sample_rate=None)
         orig = load_audio(original, sample_rate=recon.sample_rate)
+        if recon.samples.size != orig.samples.size:
+            end = (
+                "its extra end is not scored"
+                if recon.samples.size > orig.samples.size
+                else "its missing end counts as silence"
+            )
+            _say(
+                _stderr(),
+                f"note: the reconstruction lasts {recon.duration_s:.3f} s and the original {orig.duration_s:.3f} s;"
+                f" scored over the original's length ({end})",
+            )
         report = evaluate_pair(
             orig.samples,
             recon.samples,

@@ -434,6 +434,15 @@ def test_eval_after_fit(fitted, clip_wav):
     assert "MR-STFT distance" in result.stdout
 
 
+def test_eval_says_when_the_lengths_differ(clip_wav, clip, tmp_path):
+    short = tmp_path / "short.wav"
+    sf.write(short, clip[: clip.size // 2], 22050, subtype="FLOAT")
+    result = run("eval", clip_wav, short, "--no-visqol")
+    assert result.exit_code == 0, result.output
+    assert "note: the reconstruction lasts 0.150 s and the original 0.300 s" in result.stderr
+    assert "note:" not in run("eval", clip_wav, clip_wav, "--no-visqol").stderr
+
+
 def test_eval_notes_needs_atoms(clip_wav, tmp_path):
     notes = _write_doc(tmp_path / "truth.json", {"notes": []})
     assert_one_error_line(run("eval", clip_wav, clip_wav, "--notes", notes), mentions="--atoms")
