@@ -144,7 +144,9 @@ def render(
     freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, dtype=white.dtype, device=white.device)
     centres = torch.tensor(band_centres_hz(sample_rate), dtype=white.dtype, device=white.device)
     shapes = band_shapes(freqs, centres)  # (bands, bins)
-    spectrum = band_powers(level_db.to(white.dtype)) @ (shapes / dsp.full_circle_mean(shapes, n))  # (bins,)
+    # A band with no bin in a stretch this short (a file's last few samples) stays silent, not 0 / 0.
+    unit = shapes / dsp.full_circle_mean(shapes, n).clamp_min(torch.finfo(white.dtype).tiny)
+    spectrum = band_powers(level_db.to(white.dtype)) @ unit  # (bins,)
     shaped = torch.fft.irfft(torch.fft.rfft(white) * torch.sqrt(spectrum.clamp_min(1e-30)), n=n)
     t = (first + torch.arange(n, device=white.device, dtype=white.dtype)) / sample_rate
     envelope = segment_power(

@@ -369,6 +369,14 @@ def test_fit_recovers_a_noise_floor_under_a_tone():
     assert spans == [(0.0, 8192 / SR), (8192 / SR, pytest.approx(duration_s))]
 
 
+def test_a_floor_fitted_over_a_last_segment_of_100_samples_renders():
+    # Its floor spans 100 samples, where the lowest bands have no bin: they must stay silent, not NaN.
+    audio = _render([_tone(0.05, 220.0, -6.0, 1)], (8192 + 100) / SR)
+    config = FitConfig(n_atoms=2, n_iters=3, segment_s=8192 / SR, noise_floor=True, **SMALL)
+    result = fit(audio, SR, config)
+    assert len(result.atoms.floor) == 2 and np.all(np.isfinite(result.reconstruction))
+
+
 def test_starting_durations_run_past_the_next_onset_at_least_0_1_s_later():
     onsets = np.array([0.10, 0.15, 0.50, 0.90])
     times = np.array([[0.10, 0.50], [0.95, 0.45]])

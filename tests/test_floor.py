@@ -72,6 +72,16 @@ def test_rendered_floor_has_each_bands_variance_where_its_triangle_is():
     assert float(spectrum[outside].sum() / spectrum.sum()) < 1e-6
 
 
+def test_a_floor_over_a_few_samples_is_finite():
+    # 100 samples (a file's last segment can be that short) have bins 220 Hz apart: the
+    # lowest bands have none of them, and stay silent.
+    n = 100
+    white = white_noise(torch.tensor([5]), n_samples=n)[0].double()
+    level_db = torch.full((floor.N_BANDS,), -30.0, dtype=torch.float64)
+    audio = floor.render(level_db, white, start_s=1.0, end_s=1.0 + n / SR, first=SR, sample_rate=SR, n_file=SR + n)
+    assert torch.isfinite(audio).all() and float(audio.abs().max()) > 0.0
+
+
 def test_fast_engine_floor_matches_the_rendered_floors_mean_spectrogram():
     """The expected spectrogram of the floor against the average of a long rendered one, band by band."""
     n = 1 << 18
