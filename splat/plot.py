@@ -51,7 +51,10 @@ def plot_atoms(
     plt = require_optional("matplotlib.pyplot")
     display = require_optional("librosa.display")
 
-    spectrum = np.abs(librosa.stft(np.asarray(audio, dtype=np.float32), n_fft=N_FFT, hop_length=HOP))
+    samples = np.asarray(audio, dtype=np.float32)
+    if samples.size < N_FFT:  # silence after a very short clip, rather than librosa's warning about it
+        samples = np.pad(samples, (0, N_FFT - samples.size))
+    spectrum = np.abs(librosa.stft(samples, n_fft=N_FFT, hop_length=HOP))
     spec_db = librosa.amplitude_to_db(spectrum, ref=np.max, top_db=RANGE_DB)
     fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
     mesh = display.specshow(spec_db, sr=sample_rate, hop_length=HOP, x_axis="time", y_axis="log", ax=ax, cmap="gray_r")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -56,3 +57,11 @@ def test_the_png_shows_where_the_atoms_are(tmp_path):
     np.testing.assert_array_equal(a, b)  # the same atoms draw the same picture
     assert np.abs(a - c).max() > 0.5  # an atom moved three octaves moves its marker
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "b.png", "c.png"]  # no temporary files left
+
+
+def test_audio_shorter_than_one_fft_is_drawn_without_warnings(tmp_path):
+    atom_set = _atom_set()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_atoms(tmp_path / "short.png", render_atom_set(atom_set)[:300], SR, atom_set, title="atoms")
+    assert _pixels(tmp_path / "short.png").shape[:2] == (660, 1210)
