@@ -50,6 +50,8 @@ VISQOL_MIN_SAMPLES_48K = 46_080
 _NOMINAL_NOTE_S = 0.1
 #: Floor of the log-mel spectrogram in power units (-100 dB re full-scale power).
 _MEL_FLOOR_POWER = 1e-10
+#: Longest FFT of the two spectral distances (auraloss's 2048, the log-mel's 2048).
+_LONGEST_FFT = 2048
 
 
 def require_optional(module: str) -> Any:
@@ -84,6 +86,18 @@ def _check_pair(original: np.ndarray, reconstruction: np.ndarray, sample_rate: i
     return ref, np.pad(est, (0, ref.size - est.size))
 
 
+def _one_fft_long(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both signals zero-padded at the end to `_LONGEST_FFT` samples if shorter (alike, so a copy stays at 0).
+
+    Centred frames pad each end by half an FFT, which a shorter signal cannot
+    reflect (torch refuses; librosa warns).
+    """
+    missing = _LONGEST_FFT - ref.size
+    if missing <= 0:
+        return ref, est
+    return np.pad(ref, (0, missing)), np.pad(est, (0, missing))
+
+
 def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rate: int) -> float:
     """Multi-resolution STFT distance (auraloss `MultiResolutionSTFTLoss`, default settings).
 
@@ -97,7 +111,7 @@ def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rat
     Args:
         original: Reference audio, shape (samples,).
         reconstruction: Audio to score, shape (samples,); cut or zero-padded to
-            the original's length.
+            the original's length (both to 2048 samples if the original is shorter).
         sample_rate: Sample rate of both signals in Hz (checked, unused by the loss).
 
     Returns:
@@ -107,7 +121,7 @@ def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rat
         ParameterError: If a signal is not 1-D, empty or not finite.
         SplatError: If auraloss is not installed.
     """
-    ref, est = _check_pair(original, reconstruction, sample_rate)
+    ref, est = _one_fft_long(*_check_pair(original, reconstruction, sample_rate))
     freq = require_optional("auraloss.freq")
     loss = freq.MultiResolutionSTFTLoss()
     with torch.no_grad():
@@ -137,7 +151,7 @@ def log_mel_distance_db(original: np.ndarray, reconstruction: np.ndarray, sample
     Args:
         original: Reference audio, shape (samples,).
         reconstruction: Audio to score, shape (samples,); cut or zero-padded to
-            the original's length.
+            the original's length (both to 2048 samples if the original is shorter).
         sample_rate: Sample rate of both signals in Hz.
 
     Returns:
@@ -147,7 +161,7 @@ def log_mel_distance_db(original: np.ndarray, reconstruction: np.ndarray, sample
         ParameterError: If a signal is not 1-D, empty or not finite, or the sample
             rate is not a positive integer.
     """
-    ref, est = _check_pair(original, reconstruction, sample_rate)
+    ref, est = _one_fft_long(*_check_pair(original, reconstruction, sample_rate))
     diff_db = _log_mel_db(ref, sample_rate) - _log_mel_db(est, sample_rate)
     return float(np.sqrt(np.mean(diff_db**2)))
 

@@ -443,6 +443,13 @@ def test_eval_says_when_the_lengths_differ(clip_wav, clip, tmp_path):
     assert "note:" not in run("eval", clip_wav, clip_wav, "--no-visqol").stderr
 
 
+def test_eval_of_a_clip_shorter_than_one_fft(tmp_path):
+    path = _too_short_file(tmp_path)  # 300 samples: too short to fit, not to score
+    result = run("eval", path, path)
+    assert result.exit_code == 0, result.output
+    assert "MR-STFT distance" in result.stdout and "Traceback" not in result.output
+
+
 def test_eval_notes_needs_atoms(clip_wav, tmp_path):
     notes = _write_doc(tmp_path / "truth.json", {"notes": []})
     assert_one_error_line(run("eval", clip_wav, clip_wav, "--notes", notes), mentions="--atoms")

@@ -3,6 +3,7 @@
 import json
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -88,6 +89,16 @@ def test_shorter_reconstruction_counts_as_silence_at_the_end(noise):
     cut = noise[:4096]
     padded = np.concatenate([cut, np.zeros(noise.size - cut.size, dtype=np.float32)])
     assert log_mel_distance_db(noise, cut, SR) == log_mel_distance_db(noise, padded, SR)
+
+
+def test_signals_shorter_than_one_fft_are_scored(noise):
+    short = noise[:300]  # the distances' centred 2048-point frames cannot reflect-pad this
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert mrstft_distance(short, short, SR) == pytest.approx(0.0, abs=1e-6)
+        assert log_mel_distance_db(short, short, SR) == 0.0
+        assert mrstft_distance(short, 0.5 * short, SR) > 0.1
+        assert log_mel_distance_db(short, 0.5 * short, SR) > 1.0
 
 
 def test_bad_signal_is_refused():
