@@ -224,12 +224,19 @@ def fit(
 
     Raises:
         ParameterError: on an invalid config or a sample-rate mismatch.
-        AudioError: on empty, too short (under one frame of the shortest STFT), silent or non-finite audio.
+        AudioError: on audio that is not mono, empty, too short (under one frame of the shortest STFT),
+            silent or non-finite.
     """
     config.validate()
     if sample_rate != config.sample_rate:
         raise ParameterError(f"audio is at {sample_rate} Hz but config.sample_rate={config.sample_rate}; resample")
-    samples = np.asarray(audio, dtype=np.float64).reshape(-1)
+    samples = np.asarray(audio, dtype=np.float64)
+    if sum(n > 1 for n in samples.shape) > 1:  # (samples, channels) would be read interleaved
+        raise AudioError(
+            f"the audio has shape {samples.shape}: fit takes mono audio of shape (samples,); mix it down"
+            " first (e.g. audio.mean(axis=1)), or read it with splat.load_audio, which does"
+        )
+    samples = samples.reshape(-1)
     if samples.size == 0:
         raise AudioError("the audio is empty: nothing to fit")
     shortest = min(config.fft_sizes)
