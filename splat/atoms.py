@@ -41,6 +41,8 @@ _ADDED_FIELDS = {
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
 SAMPLE_RATE_RANGE = (8000, 192_000)
+#: Range of `gain`, the factor that brought the fitted audio to peak 1: peaks from 1e-9 to 1e6.
+GAIN_RANGE = (1e-6, 1e9)
 
 
 @dataclass(frozen=True)
@@ -235,8 +237,17 @@ class AtomSet:
             "atoms": [asdict(a) for a in self.atoms],
         }
 
+    def validate(self) -> None:
+        """Check every field as loading the JSON would (an edited copy may have left a range).
+
+        Raises:
+            FormatError: naming the first field out of its range.
+        """
+        AtomSet.from_dict(self.to_dict())
+
     def save(self, path: str | Path) -> None:
-        """Write the JSON file atomically."""
+        """Write the JSON file atomically, once it is known to load back (`validate`)."""
+        self.validate()
         write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
 
     @classmethod
@@ -259,7 +270,7 @@ class AtomSet:
             )
         sample_rate = _int_field(doc, "sample_rate", *SAMPLE_RATE_RANGE)
         duration_s = _float_field(doc, "duration_s", 1.0 / sample_rate, 24 * 3600.0)
-        gain = _float_field(doc, "gain", 1e-6, 1e9)
+        gain = _float_field(doc, "gain", *GAIN_RANGE)
         envelope = doc.get("envelope")
         if envelope not in ENVELOPES:
             raise FormatError(f"envelope={envelope!r} must be one of {', '.join(ENVELOPES)}")

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor
 
 from splat import analysis, dsp, floor, spectral, synth
-from splat.atoms import ENVELOPES, Atom, AtomSet, FloorSegment
+from splat.atoms import ENVELOPES, GAIN_RANGE, Atom, AtomSet, FloorSegment
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
@@ -225,7 +225,7 @@ def fit(
     Raises:
         ParameterError: on an invalid config or a sample-rate mismatch.
         AudioError: on audio that is not mono, empty, too short (under one frame of the shortest STFT),
-            silent or non-finite.
+            silent, too loud (peak above 1e6) or non-finite.
     """
     config.validate()
     if sample_rate != config.sample_rate:
@@ -251,6 +251,11 @@ def fit(
     if peak < 1e-6:
         raise AudioError("the audio is silent (peak below -120 dBFS): nothing to fit")
     gain = NORMALISED_PEAK / peak
+    if gain < GAIN_RANGE[0]:
+        raise AudioError(
+            f"the audio's peak is {peak:.3g}, above the {NORMALISED_PEAK / GAIN_RANGE[0]:.0g} an atoms file can"
+            " record; scale it down first"
+        )
     device = torch.device(config.device)
     target = torch.tensor(samples * gain, dtype=torch.float32, device=device)
 

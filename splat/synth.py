@@ -202,7 +202,11 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
 
     Returns:
         Audio, shape (n_samples,), float32.
+
+    Raises:
+        FormatError: If a field is out of its range (`AtomSet.validate`).
     """
+    atom_set.validate()
     sr = atom_set.sample_rate
     n = atom_set.n_samples
     out = torch.zeros(n, dtype=torch.float64, device=device)

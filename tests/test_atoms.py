@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -235,6 +236,22 @@ def test_save_then_load_renders_bit_identically(tmp_path):
     path = tmp_path / "a.atoms.json"
     original.save(path)
     np.testing.assert_array_equal(render_atom_set(AtomSet.load(path)), before)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [("decay_s", 0.0, "].decay_s=0 is out of range"), ("f0_hz", -5.0, "].f0_hz=-5 is out of range")],
+)
+def test_an_edit_out_of_range_is_refused_by_save_and_render(tmp_path, name, value, message):
+    # The JSON's checks, for sets edited in Python: a decay of 0 would render NaN, and a file saved
+    # with either value would not load back.
+    atom_set = _atom_set()
+    edited = atom_set.with_atoms([replace(atom_set.atoms[0], **{name: value}), *atom_set.atoms[1:]])
+    for call in (edited.validate, lambda: edited.save(tmp_path / "e.atoms.json"), lambda: render_atom_set(edited)):
+        with pytest.raises(FormatError, match=re.escape(message)):
+            call()
+    assert list(tmp_path.iterdir()) == []
+    atom_set.validate()  # the unedited set is fine
 
 
 def test_an_empty_atom_set_round_trips(tmp_path):

@@ -159,6 +159,7 @@ def test_no_seam_at_segment_boundaries(segments_per_chunk):
         (np.zeros(0, dtype=np.float32), "empty"),
         (np.full(300, 0.5, dtype=np.float32), "too short"),
         (np.full((4000, 2), 0.5, dtype=np.float32), "mono"),
+        (np.full(4000, 2e6, dtype=np.float32), "scale it down"),
         (np.zeros(4000, dtype=np.float32), "silent"),
         (np.full(4000, np.nan, dtype=np.float32), "NaN"),
     ],
