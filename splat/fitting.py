@@ -495,7 +495,7 @@ def _fit_chunk(
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
-    step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device)
+    step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device, dtype=raw0.dtype)
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")

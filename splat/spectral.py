@@ -112,7 +112,7 @@ class Plan:
         pad = SPLAT_REACH_BINS
         widths = [r.n_bins + 2 * pad for r in resolutions]
         self.base = [sum(widths[:i]) for i in range(len(widths))]
-        self.bin_hz = torch.tensor([sample_rate / r.n_fft for r in resolutions], device=device)
+        self.bin_hz = torch.tensor([sample_rate / r.n_fft for r in resolutions], device=device, dtype=torch.float32)
         self.n_slots = sum(widths)
         self.bins_hz = [
             torch.arange(r.n_bins, device=device, dtype=torch.float32) * (sample_rate / r.n_fft) for r in resolutions
@@ -120,7 +120,7 @@ class Plan:
         self.cell_s = grid.cell_centres_s(sample_rate, device)
         self.taps = torch.arange(1 - pad, pad + 1, device=device, dtype=torch.float32)
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
-        self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device)
+        self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device, dtype=torch.float32)
         self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
         self.time_kernels = []
         for res in resolutions:

@@ -41,9 +41,9 @@ def white_noise(seeds: Tensor, *, n_samples: int, device: torch.device | str = "
     rows = []
     for seed in seeds.tolist():
         gen = torch.Generator().manual_seed(int(seed))
-        rows.append(torch.randn(n_samples, generator=gen, device=gen.device))
+        rows.append(torch.randn(n_samples, generator=gen, device=gen.device, dtype=torch.float32))
     if not rows:
-        return torch.zeros(0, n_samples, device=device)
+        return torch.zeros(0, n_samples, device=device, dtype=torch.float32)
     return torch.stack(rows).to(device)
 
 

@@ -117,20 +117,28 @@ def test_sparsity_keeps_fewer_atoms():
     [{"noise_floor": True, "greedy": 0.5}, {"engine": "reference", "noise_floor": True}],
     ids=["fast", "reference"],
 )
-def test_every_tensor_is_made_on_the_audios_device_or_on_purpose_on_the_cpu(changes):
-    """What `--device cuda` needs, checked on the CPU: no tensor lands on torch's default device.
+def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes):
+    """What `--device cuda` needs, checked on the CPU: no tensor is made where or as torch's defaults say.
 
     With the default device set to "meta" (tensors without data), a tensor made
     without saying where (a `torch.arange` with no device) is a meta tensor, and
     the first operation mixing it with the fit's CPU tensors fails, as a CPU
-    tensor would next to CUDA ones. Two chunks, a floor, the greedy loss, reseeds
-    and prunes, and the final render all run.
+    tensor would next to CUDA ones; with the default dtype float64, one made
+    without a dtype fails the float32 products, or changes the result. Two chunks,
+    a floor, the greedy loss, reseeds and prunes, and the final render all run.
     """
     audio = _render([_tone(0.05, 300.0, -10, 7), _tone(0.3, 450.0, -12, 8)], 0.6)
     config = FitConfig(n_atoms=3, n_iters=5, segment_s=0.2, segments_per_chunk=2, **SMALL, **changes)
-    with torch.device("meta"):
-        result = fit(audio, SR, config)
-    assert result.atoms.atoms and np.all(np.isfinite(result.reconstruction))
+    expected = fit(audio, SR, config)
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.device("meta"):
+            result = fit(audio, SR, config)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    assert result.atoms.atoms and result.atoms.to_dict() == expected.atoms.to_dict()
+    np.testing.assert_array_equal(result.reconstruction, expected.reconstruction)
 
 
 @pytest.mark.parametrize("segments_per_chunk", [1, 8])
