@@ -267,7 +267,10 @@ def fit_command(
         typer.Option(
             "--segment-s",
             metavar="SECONDS",
-            help="Segment length in seconds, in [0.1, 30]; each segment holds up to --atoms atoms.",
+            help=(
+                "Segment length in seconds, in [0.1, 30] and at most 2^20 samples at --sr (10.9 s at 96 kHz);"
+                " each segment holds up to --atoms atoms."
+            ),
             show_default=f"{_FIT_DEFAULTS.segment_s:.3f}",
         ),
     ] = _FIT_DEFAULTS.segment_s,

@@ -92,6 +92,9 @@ _HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
 #: apart (s) describe one note: the quieter one is pruned.
 DUPLICATE_S = 0.1
 DUPLICATE_CENTS = 50.0
+#: Most samples of audio fitted together: a chunk's memory grows with its samples (~1 KB each), so long
+#: segments or high rates get fewer segments per chunk, and a segment longer than this is refused.
+CHUNK_SAMPLES = 2**20
 #: The noise floor starts this many dB under its ceiling in every band.
 FLOOR_START_DB = 6.0
 
@@ -114,7 +117,7 @@ class FitConfig:
         fft_sizes: STFT sizes of the loss (hop = size / 4).
         sparsity: Final weight of the L1 penalty on atom gains (in dB above the bottom of their range).
         prune_db: Atoms this far below the loudest one are pruned.
-        segments_per_chunk: Segments optimised together (bounds memory).
+        segments_per_chunk: Segments optimised together at most (bounds memory; see `chunk_segments`).
         grid_step: Time grid of the fast engine, in samples (a power of two, so every hop is whole cells).
         greedy: Weight of a second distance computed with only the louder half of
             each segment's atoms (matching-pursuit-like: the loud atoms must explain
@@ -173,6 +176,12 @@ class FitConfig:
         for n_fft in self.fft_sizes:
             if n_fft < 4 * self.grid_step or n_fft & (n_fft - 1):
                 raise ParameterError(f"fft size {n_fft} must be a power of two >= {4 * self.grid_step}")
+        if self.n_segment > CHUNK_SAMPLES:
+            raise ParameterError(
+                f"segment_s={self.segment_s} at sample_rate={self.sample_rate} Hz makes segments of"
+                f" {self.n_segment} samples, more than {CHUNK_SAMPLES} (a fit holds ~1 KB per sample):"
+                f" use at most {CHUNK_SAMPLES / self.sample_rate:.2f} s, or a lower sample rate"
+            )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ParameterError(f"device={self.device!r} requested but CUDA is not available; use --device cpu")
 
@@ -181,6 +190,11 @@ class FitConfig:
         """Samples per segment: segment_s rounded to a multiple of the longest FFT."""
         unit = max(self.fft_sizes)
         return max(unit, round(self.segment_s * self.sample_rate / unit) * unit)
+
+    @property
+    def chunk_segments(self) -> int:
+        """Segments fitted together: `segments_per_chunk`, or fewer if more would exceed `CHUNK_SAMPLES`."""
+        return max(1, min(self.segments_per_chunk, CHUNK_SAMPLES // self.n_segment))
 
 
 @dataclass(frozen=True)
@@ -271,8 +285,8 @@ def fit(
     seg = config.n_segment
     n_segments = math.ceil(n / seg)
     chunks = [
-        list(range(lo, min(lo + config.segments_per_chunk, n_segments)))
-        for lo in range(0, n_segments, config.segments_per_chunk)
+        list(range(lo, min(lo + config.chunk_segments, n_segments)))
+        for lo in range(0, n_segments, config.chunk_segments)
     ]
     rng = np.random.default_rng(config.seed)
     atoms: list[Atom] = []

@@ -14,6 +14,7 @@ from splat.atoms import Atom, AtomSet, FloorSegment
 from splat.engines import ModelSpec, Region
 from splat.errors import AudioError, ParameterError
 from splat.fitting import (
+    CHUNK_SAMPLES,
     LAST_START_DURATION_S,
     START_OVERLAP,
     START_SHAPE,
@@ -186,6 +187,7 @@ def test_bad_audio_is_refused(audio, message):
         ({"lr": 0.0}, "lr"),
         ({"fft_sizes": (1000,)}, "fft size"),
         ({"grid_step": 48}, "grid_step"),
+        ({"segment_s": 30.0, "sample_rate": 192000}, "segments of 5758976 samples.*at most 5.46 s"),
         ({"device": "cuda"}, "CUDA"),
     ],
 )
@@ -198,6 +200,22 @@ def test_bad_config_is_refused(changes, message):
             pytest.skip("CUDA is available here")
     with pytest.raises(ParameterError, match=message):
         fit(np.ones(4000, dtype=np.float32), SR, dataclasses.replace(FitConfig(), **changes))
+
+
+@pytest.mark.parametrize(
+    ("changes", "per_chunk"),
+    [
+        ({}, 8),
+        ({"sample_rate": 44100}, 8),
+        ({"sample_rate": 96000}, 7),
+        ({"segment_s": 10.0}, 4),
+        ({"segment_s": 30.0}, 1),
+    ],
+)
+def test_chunks_hold_at_most_chunk_samples(changes, per_chunk):
+    config = dataclasses.replace(FitConfig(), **changes)
+    assert config.chunk_segments == per_chunk
+    assert config.chunk_segments * config.n_segment <= CHUNK_SAMPLES or config.chunk_segments == 1
 
 
 def test_sample_rate_mismatch_is_refused():
