@@ -219,7 +219,12 @@ def _announce_conversions(loaded: LoadedAudio, console: Console) -> None:
 def fit_command(
     audio: Annotated[Path, typer.Argument(metavar="AUDIO", help="Recording to fit: WAV, FLAC, OGG, MP3, ...")],
     n_atoms: Annotated[
-        int, typer.Option("--atoms", min=1, help="Maximum number of atoms per segment.")
+        int,
+        typer.Option(
+            "--atoms",
+            min=1,
+            help="Maximum number of atoms per segment (above 64, fewer segments are fitted at once, to bound memory).",
+        ),
     ] = _FIT_DEFAULTS.n_atoms,
     n_iters: Annotated[
         int, typer.Option("--iters", min=1, help="Optimiser steps per chunk (consecutive segments fit together).")

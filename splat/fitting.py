@@ -92,9 +92,12 @@ _HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
 #: apart (s) describe one note: the quieter one is pruned.
 DUPLICATE_S = 0.1
 DUPLICATE_CENTS = 50.0
-#: Most samples of audio fitted together: a chunk's memory grows with its samples (~1 KB each), so long
-#: segments or high rates get fewer segments per chunk, and a segment longer than this is refused.
+#: Most audio fitted together, in samples of segments with up to `CHUNK_ATOMS` atoms (a segment with
+#: more counts in proportion): a chunk's memory grows with its samples and atoms (~1 KB per sample at 64
+#: atoms), so long segments, high rates or many atoms get fewer segments per chunk, and a segment that
+#: alone exceeds it is refused.
 CHUNK_SAMPLES = 2**20
+CHUNK_ATOMS = 64
 #: The noise floor starts this many dB under its ceiling in every band.
 FLOOR_START_DB = 6.0
 
@@ -176,11 +179,12 @@ class FitConfig:
         for n_fft in self.fft_sizes:
             if n_fft < 4 * self.grid_step or n_fft & (n_fft - 1):
                 raise ParameterError(f"fft size {n_fft} must be a power of two >= {4 * self.grid_step}")
-        if self.n_segment > CHUNK_SAMPLES:
+        if self.segment_size > CHUNK_SAMPLES:
+            longest_s = CHUNK_SAMPLES / self.sample_rate * CHUNK_ATOMS / max(self.n_atoms, CHUNK_ATOMS)
             raise ParameterError(
-                f"segment_s={self.segment_s} at sample_rate={self.sample_rate} Hz makes segments of"
-                f" {self.n_segment} samples, more than {CHUNK_SAMPLES} (a fit holds ~1 KB per sample):"
-                f" use at most {CHUNK_SAMPLES / self.sample_rate:.2f} s, or a lower sample rate"
+                f"segment_s={self.segment_s} at sample_rate={self.sample_rate} Hz with n_atoms={self.n_atoms}"
+                f" is more than a fit holds at once ({CHUNK_SAMPLES} samples at {CHUNK_ATOMS} atoms, ~1 KB per"
+                f" sample): use segments of at most {longest_s:.2f} s, a lower sample rate or fewer atoms"
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ParameterError(f"device={self.device!r} requested but CUDA is not available; use --device cpu")
@@ -192,9 +196,14 @@ class FitConfig:
         return max(unit, round(self.segment_s * self.sample_rate / unit) * unit)
 
     @property
+    def segment_size(self) -> int:
+        """A segment's share of `CHUNK_SAMPLES`: its samples, times n_atoms / `CHUNK_ATOMS` above that."""
+        return self.n_segment * max(self.n_atoms, CHUNK_ATOMS) // CHUNK_ATOMS
+
+    @property
     def chunk_segments(self) -> int:
         """Segments fitted together: `segments_per_chunk`, or fewer if more would exceed `CHUNK_SAMPLES`."""
-        return max(1, min(self.segments_per_chunk, CHUNK_SAMPLES // self.n_segment))
+        return max(1, min(self.segments_per_chunk, CHUNK_SAMPLES // self.segment_size))
 
 
 @dataclass(frozen=True)

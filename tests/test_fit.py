@@ -187,7 +187,8 @@ def test_bad_audio_is_refused(audio, message):
         ({"lr": 0.0}, "lr"),
         ({"fft_sizes": (1000,)}, "fft size"),
         ({"grid_step": 48}, "grid_step"),
-        ({"segment_s": 30.0, "sample_rate": 192000}, "segments of 5758976 samples.*at most 5.46 s"),
+        ({"segment_s": 30.0, "sample_rate": 192000}, "segments of at most 5.46 s"),
+        ({"n_atoms": 4096}, "segments of at most 0.74 s, a lower sample rate or fewer atoms"),
         ({"device": "cuda"}, "CUDA"),
     ],
 )
@@ -210,12 +211,14 @@ def test_bad_config_is_refused(changes, message):
         ({"sample_rate": 96000}, 7),
         ({"segment_s": 10.0}, 4),
         ({"segment_s": 30.0}, 1),
+        ({"n_atoms": 16}, 8),
+        ({"n_atoms": 1024}, 2),
     ],
 )
 def test_chunks_hold_at_most_chunk_samples(changes, per_chunk):
     config = dataclasses.replace(FitConfig(), **changes)
     assert config.chunk_segments == per_chunk
-    assert config.chunk_segments * config.n_segment <= CHUNK_SAMPLES or config.chunk_segments == 1
+    assert config.chunk_segments * config.segment_size <= CHUNK_SAMPLES or config.chunk_segments == 1
 
 
 def test_sample_rate_mismatch_is_refused():
