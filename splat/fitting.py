@@ -181,10 +181,12 @@ class FitConfig:
                 raise ParameterError(f"fft size {n_fft} must be a power of two >= {4 * self.grid_step}")
         if self.segment_size > CHUNK_SAMPLES:
             longest_s = CHUNK_SAMPLES / self.sample_rate * CHUNK_ATOMS / max(self.n_atoms, CHUNK_ATOMS)
+            most_atoms = CHUNK_SAMPLES * CHUNK_ATOMS // self.n_segment
+            fewer_atoms = f"at most {most_atoms} atoms, " if most_atoms >= CHUNK_ATOMS else ""
             raise ParameterError(
                 f"segment_s={self.segment_s} at sample_rate={self.sample_rate} Hz with n_atoms={self.n_atoms}"
                 f" is more than a fit holds at once ({CHUNK_SAMPLES} samples at {CHUNK_ATOMS} atoms, ~1 KB per"
-                f" sample): use segments of at most {longest_s:.2f} s, a lower sample rate or fewer atoms"
+                f" sample): use {fewer_atoms}segments of at most {longest_s:.2f} s, or a lower sample rate"
             )
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ParameterError(f"device={self.device!r} requested but CUDA is not available; use --device cpu")

@@ -188,7 +188,7 @@ def test_bad_audio_is_refused(audio, message):
         ({"fft_sizes": (1000,)}, "fft size"),
         ({"grid_step": 48}, "grid_step"),
         ({"segment_s": 30.0, "sample_rate": 192000}, "segments of at most 5.46 s"),
-        ({"n_atoms": 4096}, "segments of at most 0.74 s, a lower sample rate or fewer atoms"),
+        ({"n_atoms": 4096}, "use at most 2048 atoms, segments of at most 0.74 s, or a lower sample rate"),
         ({"device": "cuda"}, "CUDA"),
     ],
 )
