@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import librosa
 import numpy as np
 
+from splat.audio import zero_padded
+
 #: Rate of the analysis, whatever the fit's: its FFT, hop and onset settings are tuned for it, and
 #: onsets (s) and pitches (Hz) do not depend on it.
 ANALYSIS_RATE = 22050
@@ -190,8 +192,7 @@ def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) ->
     if sample_rate != ANALYSIS_RATE:
         audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=ANALYSIS_RATE, res_type="soxr_hq")
         sample_rate = ANALYSIS_RATE
-    if audio.size < _N_FFT:  # silence after a very short clip, rather than librosa's warnings about it
-        audio = np.pad(audio, (0, _N_FFT - audio.size))
+    audio = zero_padded(audio, _N_FFT)
     onsets = detect_onsets(audio, sample_rate)
     onsets = onsets[onsets < duration_s]  # not the clip's own end, seen against the silence after it
     if file_start and (onsets.size == 0 or onsets[0] > START_ONSET_S) and rings_at_start(audio):

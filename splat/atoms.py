@@ -237,18 +237,22 @@ class AtomSet:
             "atoms": [asdict(a) for a in self.atoms],
         }
 
-    def validate(self) -> None:
+    def validate(self) -> dict[str, Any]:
         """Check every field as loading the JSON would (an edited copy may have left a range).
+
+        Returns:
+            The checked JSON document (`to_dict`).
 
         Raises:
             FormatError: naming the first field out of its range.
         """
-        AtomSet.from_dict(self.to_dict())
+        doc = self.to_dict()
+        AtomSet.from_dict(doc)
+        return doc
 
     def save(self, path: str | Path) -> None:
         """Write the JSON file atomically, once it is known to load back (`validate`)."""
-        self.validate()
-        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        write_text_atomic(path, json.dumps(self.validate(), indent=1) + "\n")
 
     @classmethod
     def from_dict(cls, doc: Any) -> AtomSet:

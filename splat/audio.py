@@ -176,6 +176,16 @@ def output_format(path: str | Path) -> tuple[str, str]:
         ) from None
 
 
+def zero_padded(samples: np.ndarray, n_samples: int) -> np.ndarray:
+    """`samples` (shape (samples,)) with zeros appended up to `n_samples`, for an FFT longer than a short clip.
+
+    Centred STFT frames pad each end by half an FFT, which a shorter signal cannot
+    reflect (torch refuses, librosa warns); silence after the clip changes no frame
+    that covers it. Clips already that long come back unchanged.
+    """
+    return np.pad(samples, (0, max(n_samples - samples.size, 0)))
+
+
 def _check_sample_rate(sample_rate: int) -> None:
     lo, hi = SAMPLE_RATE_RANGE
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not lo <= sample_rate <= hi:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from splat.atoms import AtomSet
+from splat.audio import zero_padded
 from splat.errors import FormatError, ParameterError, SplatError
 
 #: Onset tolerance of the note and onset scores, in seconds (MIREX convention).
@@ -86,18 +87,6 @@ def _check_pair(original: np.ndarray, reconstruction: np.ndarray, sample_rate: i
     return ref, np.pad(est, (0, ref.size - est.size))
 
 
-def _one_fft_long(ref: np.ndarray, est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Both signals zero-padded at the end to `_LONGEST_FFT` samples if shorter (alike, so a copy stays at 0).
-
-    Centred frames pad each end by half an FFT, which a shorter signal cannot
-    reflect (torch refuses; librosa warns).
-    """
-    missing = _LONGEST_FFT - ref.size
-    if missing <= 0:
-        return ref, est
-    return np.pad(ref, (0, missing)), np.pad(est, (0, missing))
-
-
 def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rate: int) -> float:
     """Multi-resolution STFT distance (auraloss `MultiResolutionSTFTLoss`, default settings).
 
@@ -121,7 +110,7 @@ def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rat
         ParameterError: If a signal is not 1-D, empty or not finite.
         SplatError: If auraloss is not installed.
     """
-    ref, est = _one_fft_long(*_check_pair(original, reconstruction, sample_rate))
+    ref, est = (zero_padded(x, _LONGEST_FFT) for x in _check_pair(original, reconstruction, sample_rate))
     freq = require_optional("auraloss.freq")
     loss = freq.MultiResolutionSTFTLoss()
     with torch.no_grad():
@@ -161,7 +150,7 @@ def log_mel_distance_db(original: np.ndarray, reconstruction: np.ndarray, sample
         ParameterError: If a signal is not 1-D, empty or not finite, or the sample
             rate is not a positive integer.
     """
-    ref, est = _one_fft_long(*_check_pair(original, reconstruction, sample_rate))
+    ref, est = (zero_padded(x, _LONGEST_FFT) for x in _check_pair(original, reconstruction, sample_rate))
     diff_db = _log_mel_db(ref, sample_rate) - _log_mel_db(est, sample_rate)
     return float(np.sqrt(np.mean(diff_db**2)))
 

@@ -13,6 +13,7 @@ import librosa
 import numpy as np
 
 from splat.atoms import AtomSet
+from splat.audio import zero_padded
 from splat.evaluate import GroundTruth, require_optional
 from splat.files import atomic_path
 
@@ -51,9 +52,7 @@ def plot_atoms(
     plt = require_optional("matplotlib.pyplot")
     display = require_optional("librosa.display")
 
-    samples = np.asarray(audio, dtype=np.float32)
-    if samples.size < N_FFT:  # silence after a very short clip, rather than librosa's warning about it
-        samples = np.pad(samples, (0, N_FFT - samples.size))
+    samples = zero_padded(np.asarray(audio, dtype=np.float32), N_FFT)
     spectrum = np.abs(librosa.stft(samples, n_fft=N_FFT, hop_length=HOP))
     spec_db = librosa.amplitude_to_db(spectrum, ref=np.max, top_db=RANGE_DB)
     fig, ax = plt.subplots(figsize=(11, 6), layout="constrained")
