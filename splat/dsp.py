@@ -35,6 +35,8 @@ import math
 import torch
 from torch import Tensor
 
+from splat import native
+
 LN_1000 = math.log(1000.0)  # amplitude ratio of a 60 dB decay, as a natural log
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 HANN_MEAN_SQUARE = 0.375  # mean of w^2 for a Hann window
@@ -196,6 +198,10 @@ def decayed_sum(x: Tensor, log_q: Tensor) -> Tensor:
     backwards in time over the incoming gradient, and log_q's follows from
     dr[n]/dlog_q = Q (r[n-1] + dr[n-1]/dlog_q).
 
+    float32 on the CPU runs the recursion itself in a native loop (`splat.native`,
+    16 rows at a time, in float64), which is what the renderer's audio-rate
+    resonances take; powers below 1e-30 are flushed to zero there.
+
     Args:
         x: Shape (..., points).
         log_q: Log of the decay per point (<= 0), shape (..., 1), broadcasting with x.
@@ -243,17 +249,36 @@ class _DecayedSum(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, log_q: Tensor) -> Tensor:
+        ctx.x_shape = x.shape
+        if native.usable(x, log_q):
+            shape = torch.broadcast_shapes(x.shape, log_q.shape)
+            x_rows = x.expand(shape).contiguous()
+            q_rows = log_q.expand(*shape[:-1], 1).contiguous()
+            r = torch.empty_like(x_rows)
+            rows, n = x_rows.numel() // shape[-1], shape[-1]
+            native.library().decayed_sum(native.ptr(x_rows), native.ptr(q_rows), rows, n, native.ptr(r))
+            ctx.native = True
+            ctx.save_for_backward(log_q, r, q_rows)
+            return r
+        ctx.native = False
         n = x.shape[-1]
         block = math.isqrt(max(n - 1, 0)) + 1  # the smallest B with B^2 >= n
         within = _powers_table(log_q, block, 1)
         across = _powers_table(log_q, -(-n // block), block)
         r = _block_sum(x, log_q, within, across, reverse=False)
-        ctx.x_shape = x.shape
         ctx.save_for_backward(log_q, r, within, across)
         return r
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        if ctx.native:
+            log_q, r, q_rows = ctx.saved_tensors
+            grad = grad.contiguous()
+            grad_in, grad_q = torch.empty_like(r), torch.empty_like(q_rows)
+            native.library().decayed_sum_backward(
+                *map(native.ptr, (grad, q_rows, r)), q_rows.numel(), r.shape[-1], *map(native.ptr, (grad_in, grad_q))
+            )
+            return grad_in.sum_to_size(ctx.x_shape), grad_q.sum_to_size(log_q.shape)
         log_q, r, within, across = ctx.saved_tensors
         grad_in = _block_sum(grad, log_q, within, across, reverse=True)
         grad_x = grad_in.sum_to_size(ctx.x_shape) if ctx.needs_input_grad[0] else None

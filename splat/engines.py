@@ -152,7 +152,8 @@ class FastEngine:
         """
         powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
         if self.direct:  # no background in the direct case
-            return [p.map(lambda t: t[0]) for p in powers]
+            # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
+            return [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
         placed = self._place_all(powers, self.scatter)
         if not background or self.background is None:
             return placed

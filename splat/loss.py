@@ -13,6 +13,7 @@ import math
 import torch
 from torch import Tensor
 
+from splat import native
 from splat.spectral import Resolution
 
 POWER_FLOOR = 1e-8
@@ -64,6 +65,7 @@ class SpectralTarget:
         self.magnitudes = [torch.sqrt(t.clamp_min(POWER_FLOOR)) for t in target_powers]
         self.logs = [torch.log(m) for m in self.magnitudes]
         self.norms = [torch.linalg.vector_norm(m) for m in self.magnitudes]
+        self.norm_values = [float(n) for n in self.norms]  # what the native kernel takes
 
     def distance(self, model_powers: list[Tensor], noise_powers: list[Tensor] | None = None) -> Tensor:
         """Mean over resolutions of spectral convergence + log-magnitude L1 (scalar).
@@ -74,59 +76,106 @@ class SpectralTarget:
             noise_powers: Per resolution, the expected power of the model's noise
                 (same shapes), or None if `model_powers` is all of it.
         """
-        noises = noise_powers if noise_powers is not None else [None] * len(model_powers)
-        terms = [
-            _SpectralDistance.apply(power, noise, mag, log, norm)
-            for mag, log, norm, power, noise in zip(
-                self.magnitudes, self.logs, self.norms, model_powers, noises, strict=True
-            )
-        ]
-        return torch.stack(terms).mean()
+        noises = list(noise_powers) if noise_powers is not None else [None] * len(model_powers)
+        return _SpectralDistance.apply(self, len(model_powers), *model_powers, *noises)
 
 
 class _SpectralDistance(torch.autograd.Function):
-    """||Y - X||_F / ||Y||_F + mean |log Y - log Z|, gradient in closed form.
+    """Mean over resolutions of ||Y - X||_F / ||Y||_F + mean |log Y - log Z|, gradient in closed form.
 
     X = sqrt(max(P + a N, floor)) and Z = sqrt(max(P + b N, floor)) for the
     model's power P and noise power N (a = pi / 4, b = ln 2; N = 0 if None).
     The gradient with respect to P and N is formed in the same pass as the
-    value (a dozen elementwise operations instead of autograd's thirty):
+    value (a dozen elementwise operations instead of autograd's thirty; one
+    native loop where `splat.native` can):
 
         dL/dX = (X - Y) / (||X - Y|| ||Y||),   dX/dP = 1 / (2 X),
         dL/dZ^2 = -sign(log Y - log Z) / (2 n Z^2),   each where its power > floor;
-        dL/dP = dL/dX dX/dP + dL/dZ^2,   dL/dN = a dL/dX dX/dP + b dL/dZ^2.
+        dL/dP = dL/dX dX/dP + dL/dZ^2,   dL/dN = a dL/dX dX/dP + b dL/dZ^2,
+
+    each divided by the number of resolutions (the mean). All resolutions are one
+    autograd node, so the backward scales each gradient once, and not at all when
+    the distance is the objective itself (incoming gradient 1).
+
+    Inputs: the target, the number of resolutions n, then n model powers and n
+    noise powers (each None or a tensor).
     """
 
     @staticmethod
-    def forward(ctx, power: Tensor, noise: Tensor | None, mag: Tensor, log: Tensor, norm: Tensor) -> Tensor:
-        if noise is None:
-            sc_power = log_power = power
-        else:
-            sc_power = torch.add(power, noise, alpha=NOISE_MEAN_MAGNITUDE_SQUARED)
-            log_power = torch.add(power, noise, alpha=NOISE_MEDIAN_POWER)
-        model = sc_power.clamp_min(POWER_FLOOR).sqrt_()
-        diff = model - mag
-        diff_norm = torch.linalg.vector_norm(diff)
-        log_model = log_power.clamp_min(POWER_FLOOR)
-        log_error = log - 0.5 * torch.log(log_model)
-        value = diff_norm / norm + log_error.abs().mean()
-        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
-            grad_sc = diff.mul_(0.5 / (diff_norm.clamp_min(1e-30) * norm)).div_(model)
-            grad_sc.masked_fill_(sc_power <= POWER_FLOOR, 0.0)
-            grad_log = torch.sign(log_error).div_(log_model).mul_(-0.5 / model.numel())
-            grad_log.masked_fill_(log_power <= POWER_FLOOR, 0.0)
-            if noise is None:
-                ctx.save_for_backward(grad_sc.add_(grad_log))
+    def forward(ctx, target: SpectralTarget, n_res: int, *inputs: Tensor | None) -> Tensor:
+        powers, noises = inputs[:n_res], inputs[n_res:]
+        with_grad = any(ctx.needs_input_grad[2:])
+        total: Tensor | float = 0.0
+        grads = []
+        for i, (power, noise) in enumerate(zip(powers, noises, strict=True)):
+            if native.usable(power, target.magnitudes[i]) and (noise is None or native.usable(noise)):
+                value, grad = _native_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
             else:
-                grad_noise = torch.mul(grad_sc, NOISE_MEAN_MAGNITUDE_SQUARED).add_(grad_log, alpha=NOISE_MEDIAN_POWER)
-                ctx.save_for_backward(grad_sc.add_(grad_log), grad_noise)
-        return value
+                value, grad = _torch_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
+            total = total + value
+            grads.append(grad)
+        if with_grad:
+            ctx.save_for_backward(*(g[0] for g in grads), *(g[1] if len(g) > 1 else None for g in grads))
+        mean = total / n_res
+        return mean if isinstance(mean, Tensor) else torch.tensor(mean, dtype=powers[0].dtype, device=powers[0].device)
 
     @staticmethod
     def backward(ctx, grad_value: Tensor) -> tuple[Tensor | None, ...]:
         grads = ctx.saved_tensors
-        grad_noise = grads[1] * grad_value if len(grads) > 1 else None
-        return grads[0] * grad_value, grad_noise, None, None, None
+        if grad_value.item() != 1.0:
+            grads = tuple(None if g is None else g * grad_value for g in grads)
+        return (None, None, *grads)
+
+
+def _torch_distance(
+    power: Tensor, noise: Tensor | None, target: SpectralTarget, i: int, *, with_grad: bool, scale: float
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """Resolution i's value and its gradients (times `scale`) in PyTorch operations."""
+    mag, log, norm = target.magnitudes[i], target.logs[i], target.norms[i]
+    if noise is None:
+        sc_power = log_power = power
+    else:
+        sc_power = torch.add(power, noise, alpha=NOISE_MEAN_MAGNITUDE_SQUARED)
+        log_power = torch.add(power, noise, alpha=NOISE_MEDIAN_POWER)
+    model = sc_power.clamp_min(POWER_FLOOR).sqrt_()
+    diff = model - mag
+    diff_norm = torch.linalg.vector_norm(diff)
+    log_model = log_power.clamp_min(POWER_FLOOR)
+    log_error = log - 0.5 * torch.log(log_model)
+    value = diff_norm / norm + log_error.abs().mean()
+    if not with_grad:
+        return value, ()
+    grad_sc = diff.mul_(0.5 * scale / (diff_norm.clamp_min(1e-30) * norm)).div_(model)
+    grad_sc.masked_fill_(sc_power <= POWER_FLOOR, 0.0)
+    grad_log = torch.sign(log_error).div_(log_model).mul_(-0.5 * scale / model.numel())
+    grad_log.masked_fill_(log_power <= POWER_FLOOR, 0.0)
+    if noise is None:
+        return value, (grad_sc.add_(grad_log),)
+    grad_noise = torch.mul(grad_sc, NOISE_MEAN_MAGNITUDE_SQUARED).add_(grad_log, alpha=NOISE_MEDIAN_POWER)
+    return value, (grad_sc.add_(grad_log), grad_noise)
+
+
+def _native_distance(
+    power: Tensor, noise: Tensor | None, target: SpectralTarget, i: int, *, with_grad: bool, scale: float
+) -> tuple[float, tuple[Tensor, ...]]:
+    """`_torch_distance` in one native pass (`splat.native`); the value as a float."""
+    power, mag, log = power.contiguous(), target.magnitudes[i], target.logs[i]
+    noise = None if noise is None else noise.contiguous()
+    grad_power = torch.empty_like(power) if with_grad else None
+    grad_noise = torch.empty_like(power) if with_grad else None  # scratch when noise is None
+    value = native.library().spectral_distance(
+        *map(native.ptr, (power, noise, mag, log)),
+        target.norm_values[i],
+        power.numel(),
+        POWER_FLOOR,
+        NOISE_MEAN_MAGNITUDE_SQUARED,
+        NOISE_MEDIAN_POWER,
+        scale,
+        native.ptr(grad_power),
+        native.ptr(grad_noise),
+    )
+    grads = (grad_power,) if noise is None else (grad_power, grad_noise)
+    return value, grads if with_grad else ()
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:

@@ -20,6 +20,11 @@ product:
   partials' weights), into one bin axis that holds every resolution's
   bins side by side (a single scatter-add).
 
+On the CPU in float32 each of these steps (and the loss, `splat.loss`) is one
+native loop with its gradient written out (`splat.native`, `kernels.c`), and the
+products' gradients run in bfloat16 (`_HalfGradientProducts`); the PyTorch code
+below is the reference the tests hold them to, and what runs elsewhere.
+
 The partials' and the noise's powers are kept apart (`SplitPower`): a render
 has the partials' power in each cell but only a random draw about the noise's
 (exponentially distributed), and the loss compares the two differently
@@ -38,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from splat import dsp, floor
+from splat import dsp, floor, native
 from splat.params import AtomParams
 
 #: Bins on each side of a partial that it is splatted onto (sidelobes beyond are < -45 dB).
@@ -148,28 +153,74 @@ class Plan:
         sizes = [n for r in self.resolutions for n in (pad, r.n_bins, pad)]
         return list(slots.split(sizes, dim=-1)[1::3])
 
-    def frame_powers(self, powers: Tensor, i: int) -> Tensor:
+    def frame_layout(self, i: int) -> tuple[int, int, int]:
+        """Where resolution i's frames sit on the grid: (cells per hop, first frame, frames).
+
+        The first frame starts (pad - n_fft / 2) samples into the grid: a whole number
+        of hops, as every size is a power of two.
+        """
+        res, grid = self.resolutions[i], self.grid
+        return res.hop // grid.step, (grid.pad - res.n_fft // 2) // res.hop, grid.n_window // res.hop
+
+    def frame_powers(self, powers: Tensor) -> list[Tensor]:
         """Window-weighted power N / 2 * sum_t w^2(t - t_m) p(t) of frames centred every hop in the window.
 
         Args:
             powers: Branch power on the grid, shape (segments, branches, n_cells).
-            i: Index of the resolution.
 
         Returns:
-            Shape (segments, branches, n_window / hop).
+            Per resolution, shape (segments, n_window / hop, branches): frames
+            first, as the products of `expected_power` take them.
         """
-        res, grid = self.resolutions[i], self.grid
-        stride = res.hop // grid.step
-        # The first frame starts (pad - n_fft / 2) samples into the grid: a whole number of hops,
-        # as every size is a power of two. Convolving the whole grid and keeping the frames in the
-        # window (not convolving a slice of it) spares the backward a zero-filled grid-sized gradient.
-        first = (grid.pad - res.n_fft // 2) // res.hop
-        n_frames = grid.n_window // res.hop
+        if native.usable(powers):
+            return list(_NativeFramePowers.apply(powers, self))
+        out = []
         rows = powers.reshape(1, -1, powers.shape[-1])
-        kernel = self.time_kernels[i]
-        weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
-        out = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
-        return out[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames)
+        for i, kernel in enumerate(self.time_kernels):
+            stride, first, n_frames = self.frame_layout(i)
+            # Convolving the whole grid and keeping the frames in the window (not convolving a
+            # slice of it) spares the backward a zero-filled grid-sized gradient.
+            weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
+            frames = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
+            out.append(frames[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames).transpose(1, 2))
+        return out
+
+
+class _NativeFramePowers(torch.autograd.Function):
+    """`Plan.frame_powers` in one native call (`splat.native`) over the grid transposed to
+    (segments, cells, branches), so that every multiply-add runs along the branches; it
+    writes the frames in the layout the products take, and only the frames kept (no
+    convolution of the whole grid, no slice). The gradient gathers, for each cell, the
+    frames of every resolution that cover it, into one grid."""
+
+    @staticmethod
+    def forward(ctx, powers: Tensor, plan: Plan) -> tuple[Tensor, ...]:
+        batch, n_rows, n_cells = powers.shape
+        grid = powers.transpose(1, 2).contiguous()  # (segments, cells, branches)
+        layouts = [plan.frame_layout(i) for i in range(len(plan.resolutions))]
+        for (stride, first, n_frames), kernel in zip(layouts, plan.time_kernels, strict=True):
+            assert (first + n_frames - 1) * stride + kernel.numel() <= n_cells, "frames past the grid"
+        out = [grid.new_empty(batch, n_frames, n_rows) for _, _, n_frames in layouts]
+        ctx.settings = (
+            batch,
+            n_cells,
+            n_rows,
+            native.ptrs(plan.time_kernels),
+            *(native.int64s(list(column)) for column in zip(*layouts, strict=True)),
+            native.int64s([k.numel() for k in plan.time_kernels]),
+            len(layouts),
+        )
+        ctx.keep = plan.time_kernels  # the kernels the pointers point to
+        native.library().frame_powers(native.ptr(grid), *ctx.settings, native.ptrs(out))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        batch, n_cells, n_rows = ctx.settings[:3]
+        grads = [g.contiguous() for g in grads]
+        grad_grid = grads[0].new_empty(batch, n_cells, n_rows)
+        native.library().frame_powers_backward(native.ptrs(grads), *ctx.settings, native.ptr(grad_grid))
+        return grad_grid.transpose(1, 2), None
 
 
 def branch_powers(
@@ -186,6 +237,10 @@ def branch_powers(
         Power, shape (segments, 3 * atoms, n_cells): noise branches, then the
         resonances' bodies, then their short parts.
     """
+    if native.usable(params.time_s, cell_s, window_start_s):
+        fields = torch.stack([getattr(params, name) for name in _BRANCH_FIELDS])  # (fields, segments, atoms)
+        out = _NativeBranchPowers.apply(fields, window_start_s, cell_s, grid.step, sample_rate, envelope)
+        return out.transpose(1, 2)
     u = cell_s + (window_start_s - params.time_s).unsqueeze(-1)  # (segments, atoms, cells)
     env = dsp.burst_envelope(u, params.attack_s.unsqueeze(-1), params.spread_s.unsqueeze(-1), shape=envelope)
     e2 = env * env
@@ -200,6 +255,59 @@ def branch_powers(
     return (powers * release.unsqueeze(1)).flatten(1, 2)
 
 
+#: The fields `branch_powers` depends on, in the order of kernels.c's FIELD_* constants.
+_BRANCH_FIELDS = (
+    "time_s",
+    "attack_s",
+    "spread_s",
+    "decay_s",
+    "short_decay_s",
+    "gain_db",
+    "mix",
+    "short_share",
+    "duration_s",
+    "release_s",
+)
+
+
+class _NativeBranchPowers(torch.autograd.Function):
+    """`branch_powers` in one native pass per atom (`splat.native`), gradient written out.
+
+    Takes the fields stacked, shape (fields, segments, atoms), and returns the
+    powers as (segments, cells, 3 * atoms), the layout `Plan.frame_powers` reads.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, fields: Tensor, window_start_s: Tensor, cell_s: Tensor, step: int, sample_rate: int, envelope: str
+    ) -> Tensor:
+        fields, window_start_s = fields.contiguous(), window_start_s.contiguous()
+        _, n_segments, n_atoms = fields.shape
+        n_cells = cell_s.numel()
+        out = fields.new_empty(n_segments, n_cells, 3 * n_atoms)
+        saved = fields.new_empty(4, n_segments * n_atoms, n_cells)
+        ctx.settings = (n_segments, n_atoms, n_cells, float(step), float(sample_rate), int(envelope == "gaussian"))
+        native.library().branch_powers(
+            *map(native.ptr, (fields, window_start_s, cell_s)), *ctx.settings, native.ptr(out), native.ptr(saved)
+        )
+        ctx.save_for_backward(fields, window_start_s, cell_s, saved)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        fields, window_start_s, cell_s, saved = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_fields = torch.empty_like(fields)
+        scratch = fields.new_empty(native.library().max_threads(), 4, cell_s.numel())
+        native.library().branch_powers_backward(
+            *map(native.ptr, (grad, fields, window_start_s, cell_s, saved)),
+            *ctx.settings,
+            native.ptr(grad_fields),
+            native.ptr(scratch),
+        )
+        return grad_fields, None, None, None, None, None
+
+
 def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
     """Share of each noise branch's power per bin, every resolution's bins summing to ~1.
 
@@ -211,6 +319,8 @@ def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
     Returns:
         Per resolution, shape (segments, atoms, n_fft / 2 + 1).
     """
+    if native.usable(params.noise_center_hz, plan.bin_hz):
+        return list(_NativeNoiseSpectra.apply(params.noise_center_hz, params.noise_bandwidth_hz, plan))
     sigma_band = (params.noise_bandwidth_hz / dsp.FWHM_PER_SIGMA).unsqueeze(-1)  # (segments, atoms, 1)
     sigma = torch.sqrt(sigma_band**2 + (HANN_KERNEL_SIGMA_BINS * plan.bin_hz) ** 2)  # (segments, atoms, res)
     centre = params.noise_center_hz.unsqueeze(-1)
@@ -259,7 +369,43 @@ class _GaussianBands(torch.autograd.Function):
         return (grad_centre, grad_inv_sigma, grad_scale) + (None,) * len(grads)
 
 
-def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tuple[Tensor, Tensor]:
+class _NativeNoiseSpectra(torch.autograd.Function):
+    """`noise_spectra` in native loops (`splat.native`): one pass over each band's bins, and one
+    for its gradient, with the erf normalisation's derivatives written out."""
+
+    @staticmethod
+    def forward(ctx, centre_hz: Tensor, bandwidth_hz: Tensor, plan: Plan) -> tuple[Tensor, ...]:
+        centre_hz, bandwidth_hz = centre_hz.contiguous(), bandwidth_hz.contiguous()
+        out = [centre_hz.new_empty(*centre_hz.shape, r.n_bins) for r in plan.resolutions]
+        ctx.plan = plan
+        ctx.save_for_backward(centre_hz, bandwidth_hz)
+        native.library().noise_spectra(
+            *map(native.ptr, (centre_hz, bandwidth_hz)), centre_hz.numel(), *_band_settings(plan), native.ptrs(out)
+        )
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        centre_hz, bandwidth_hz = ctx.saved_tensors
+        grads = [g.contiguous() for g in grads]
+        grad_centre, grad_bandwidth = torch.empty_like(centre_hz), torch.empty_like(bandwidth_hz)
+        native.library().noise_spectra_backward(
+            native.ptrs(grads),
+            *map(native.ptr, (centre_hz, bandwidth_hz)),
+            centre_hz.numel(),
+            *_band_settings(ctx.plan),
+            *map(native.ptr, (grad_centre, grad_bandwidth)),
+        )
+        return grad_centre, grad_bandwidth, None
+
+
+def _band_settings(plan: Plan) -> tuple:
+    """The resolutions' bin widths and bin counts, the kernel's spread and Nyquist, as `noise_spectra` takes them."""
+    n_bins = native.int64s([r.n_bins for r in plan.resolutions])
+    return native.ptr(plan.bin_hz), n_bins, len(plan.resolutions), HANN_KERNEL_SIGMA_BINS, plan.sample_rate / 2
+
+
+def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> list[Tensor]:
     """Share of each resonance part's power per bin, every resolution's bins summing to ~1.
 
     Each partial k (weight c_k, frequency f_k) adds c_k * kernel(b - f_k / bin_hz)
@@ -268,8 +414,13 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tup
     Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
 
     Returns:
-        The bodies' and the short parts' shares, each of shape (segments, atoms, n_slots).
+        Per resolution, shape (segments, 2 * atoms, n_fft / 2 + 1): each segment's
+        bodies, then its short parts (so that both take one product with their
+        frames, which `branch_powers` lays out in the same order).
     """
+    if native.usable(params.f0_hz, plan.bin_hz):
+        fields = torch.stack([getattr(params, name) for name in _PARTIAL_FIELDS])  # (fields, segments, atoms)
+        return list(_NativeResonanceSpectra.apply(fields, plan, n_partials))
     f0 = params.f0_hz.unsqueeze(-1)
     b = params.inharmonicity.unsqueeze(-1)
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
@@ -299,12 +450,58 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> tup
         slot = torch.minimum(slot, plan.last_bin.reshape(-1, 1, 1, 1)).clamp_min(-SPLAT_REACH_BINS)
         index = by_atom((slot + plan.first_slot.reshape(-1, 1, 1, 1)).long())
     taps = dsp.hann_power_taps(position, plan.taps)
-    return tuple(
-        torch.zeros(n_segments * n_atoms, plan.n_slots, device=f0.device, dtype=taps.dtype)
-        .scatter_add(1, index, by_atom(taps * w))
-        .reshape(n_segments, n_atoms, plan.n_slots)
-        for w in weights
+    slots = torch.cat(
+        [
+            torch.zeros(n_segments * n_atoms, plan.n_slots, device=f0.device, dtype=taps.dtype)
+            .scatter_add(1, index, by_atom(taps * w))
+            .reshape(n_segments, n_atoms, plan.n_slots)
+            for w in weights
+        ],
+        dim=1,
     )
+    return plan.split_bins(slots)
+
+
+#: The fields `resonance_spectra` depends on, in the order of kernels.c's PARTIAL_* constants.
+_PARTIAL_FIELDS = ("f0_hz", "inharmonicity", "rolloff_db", "short_rolloff_db", "formant_hz", "formant_db")
+
+
+class _NativeResonanceSpectra(torch.autograd.Function):
+    """`resonance_spectra` in native loops (`splat.native`): per atom, its audible partials'
+    weights, then their splats straight into each resolution's bins; the gradient gathers
+    each splat's back, writes out the kernel's slope and the weights' normalisation, and
+    touches no silent partial.
+
+    Takes the fields stacked, shape (fields, segments, atoms); returns the shares at
+    every resolution as `resonance_spectra` does.
+    """
+
+    @staticmethod
+    def forward(ctx, fields: Tensor, plan: Plan, n_partials: int) -> tuple[Tensor, ...]:
+        fields = fields.contiguous()
+        _, n_segments, n_atoms = fields.shape
+        out = [fields.new_empty(n_segments, 2 * n_atoms, r.n_bins) for r in plan.resolutions]
+        ctx.settings = (n_segments * n_atoms, n_atoms, *_partial_settings(plan, n_partials))
+        ctx.save_for_backward(fields)
+        native.library().resonance_spectra(native.ptr(fields), *ctx.settings, native.ptrs(out))
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
+        (fields,) = ctx.saved_tensors
+        grads = [g.contiguous() for g in grads]
+        grad_fields = torch.empty_like(fields)
+        native.library().resonance_spectra_backward(
+            native.ptrs(grads), native.ptr(fields), *ctx.settings, native.ptr(grad_fields)
+        )
+        return grad_fields, None, None
+
+
+def _partial_settings(plan: Plan, n_partials: int) -> tuple:
+    """What `resonance_spectra`'s kernels need of the plan: partials, Nyquist, bins."""
+    assert n_partials <= 512 and SPLAT_REACH_BINS <= 8, "beyond kernels.c's MAX_PARTIALS or tap arrays"
+    bins = native.int64s([r.n_bins for r in plan.resolutions])
+    return n_partials, plan.sample_rate / 2, native.ptr(plan.bin_hz), bins, len(plan.resolutions), SPLAT_REACH_BINS
 
 
 @dataclass(frozen=True)
@@ -343,7 +540,7 @@ def floor_frames(spans: FloorSpans, window_start_s: Tensor, plan: Plan) -> list[
     """
     t = plan.cell_s + window_start_s  # (segments, cells)
     env = floor.segment_power(t, spans.start_s, spans.end_s, fade_in=spans.fade_in, fade_out=spans.fade_out)
-    return [plan.frame_powers(env.unsqueeze(1), i).transpose(1, 2) for i in range(len(plan.resolutions))]
+    return plan.frame_powers(env.unsqueeze(1))
 
 
 def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_frames: int) -> tuple[Tensor, Tensor]:
@@ -362,6 +559,40 @@ def overlap_add_indices(offsets_frames: Tensor, n_window_frames: int, n_region_f
     keep = (flat >= 0) & (flat < n_region_frames)
     source = torch.arange(flat.numel(), device=flat.device)[keep]
     return source, flat[keep]
+
+
+class _HalfGradientProducts(torch.autograd.Function):
+    """The products of `expected_power` (noise, then both resonance parts) in float32, their
+    gradients from bfloat16 copies (fp32 accumulation), on the CPU.
+
+    The backward's four products are two thirds of a fit step's matrix work and run
+    ~2.5x faster in bfloat16 on CPUs with bf16 dot-product instructions. Each input is
+    rounded to 8 bits of mantissa (relative error <= 2^-9) and every sum accumulates in
+    float32, so a gradient element is off by a few parts in a thousand at most; Adam
+    normalises each field's step by its gradient's running magnitude, so that much noise
+    in the direction costs the fit nothing measurable (README, "Speed"). The objective
+    itself, the forward products, stays float32.
+
+    Inputs: frames (segments, frames, 3 atoms), noise spectra (segments, atoms, bins) and
+    resonance spectra (segments, 2 atoms, bins). Returns the noise's and the partials'
+    expected power, each (segments, frames, bins).
+    """
+
+    @staticmethod
+    def forward(ctx, frames: Tensor, noise: Tensor, tonal: Tensor) -> tuple[Tensor, Tensor]:
+        n_atoms = noise.shape[1]
+        ctx.save_for_backward(frames, noise, tonal)
+        return torch.bmm(frames[..., :n_atoms], noise), torch.bmm(frames[..., n_atoms:], tonal)
+
+    @staticmethod
+    def backward(ctx, grad_noisy: Tensor, grad_tonal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        frames, noise, tonal = (t.bfloat16() for t in ctx.saved_tensors)
+        n_atoms = noise.shape[1]
+        grad_noisy, grad_tonal = grad_noisy.bfloat16(), grad_tonal.bfloat16()
+        grad_frames = torch.cat([torch.bmm(grad_noisy, noise.mT), torch.bmm(grad_tonal, tonal.mT)], dim=-1)
+        grad_noise = torch.bmm(frames[..., :n_atoms].mT, grad_noisy)
+        grad_tonal_spectra = torch.bmm(frames[..., n_atoms:].mT, grad_tonal)
+        return grad_frames.float(), grad_noise.float(), grad_tonal_spectra.float()
 
 
 @dataclass(frozen=True)
@@ -422,18 +653,22 @@ def expected_power(
     sr = plan.sample_rate
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan)
-    bodies, shorts = (plan.split_bins(t) for t in resonance_spectra(params, plan, n_partials=n_partials))
+    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials)
     n_atoms = params.time_s.shape[1]
     out = []
-    for i in range(len(plan.resolutions)):
-        frames = plan.frame_powers(powers, i).transpose(1, 2)  # (segments, frames, 3 atoms)
-        # One product per branch (noise, body, short part): no concatenated copy of the spectra.
-        # (One split, not three slices: its backward is one concatenation, not three zero-filled gradients.)
-        noise_frames, body_frames, short_frames = frames.split(n_atoms, dim=-1)
-        noisy = torch.bmm(noise_frames, noise[i])
-        tonal = torch.baddbmm(torch.bmm(body_frames, bodies[i]), short_frames, shorts[i])
+    for i, frames in enumerate(plan.frame_powers(powers)):  # each (segments, frames, 3 atoms)
+        # One product for the noise, one for both resonance parts (bodies and short parts
+        # side by side in frames and spectra). One split, not two slices: its backward is one
+        # concatenation, not two zero-filled gradients.
+        if native.usable(frames):
+            noisy, tonal = _HalfGradientProducts.apply(frames, noise[i], tonal_spectra[i])
+        else:
+            noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)
+            noisy = torch.bmm(noise_frames, noise[i])
+            tonal = torch.bmm(tonal_frames, tonal_spectra[i])
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
             noisy = torch.baddbmm(noisy, floor_at[i], spectrum.unsqueeze(1))
         out.append(SplitPower(tonal, noisy))
     return out
+

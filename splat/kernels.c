@@ -1,0 +1,640 @@
+/* Native CPU kernels of the fast engine (loaded by splat/native.py through ctypes).
+ *
+ * Each function is one loop (or two) over float32 arrays that PyTorch would run as
+ * a dozen separate operations, each a pass over memory plus a dispatch. The math
+ * is that of the PyTorch functions named in each comment, which stay the
+ * reference (tests compare both) and the path on other devices.
+ *
+ * Arrays are C-contiguous float32; sizes are int64. No allocation and no state: the
+ * caller owns every buffer. Loops over atoms (or cells) run on OpenMP threads where the
+ * library is built with it, on PyTorch's own OpenMP runtime (see splat/native.py).
+ */
+#include <math.h>
+#include <stdint.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+static inline int64_t thread_index(void) { return omp_get_thread_num(); }
+int64_t max_threads(void) { return omp_get_max_threads(); }
+#else
+static inline int64_t thread_index(void) { return 0; }
+int64_t max_threads(void) { return 1; }
+#endif
+
+/* Powers below this are treated as zero in recursions, so that long decays never
+ * reach subnormal floats (each operation on one costs ~100 cycles). */
+#define TINY_POWER 1e-30
+
+/* One resolution of splat.loss._SpectralDistance: returns
+ *     ||X - Y|| / norm + mean |log Y - 0.5 log max(P + b N, floor)|,
+ * X = sqrt(max(P + a N, floor)), and writes dL/dP and dL/dN times grad_scale.
+ *
+ * noise may be NULL (N = 0); grad_noise must always hold n floats (scratch if
+ * noise is NULL). With grad_power NULL only the value is computed. */
+static inline double distance_pass(const float *restrict power, const float *restrict noise,
+                                   const float *restrict mag, const float *restrict logmag, int64_t n,
+                                   float floor_power, float a, float b, float *restrict scratch_sc,
+                                   float *restrict scratch_log, double *sum_log, const int has_noise,
+                                   const int with_grad) {
+    double sum_sq = 0.0, sum_abs = 0.0;
+    const float inv_n = 1.0f / (float)n;
+#pragma omp parallel for simd schedule(static) reduction(+ : sum_sq, sum_abs)
+    for (int64_t i = 0; i < n; i++) {
+        const float p = power[i];
+        const float sc = has_noise ? p + a * noise[i] : p;
+        const float lp = has_noise ? p + b * noise[i] : p;
+        const float model = sqrtf(fmaxf(sc, floor_power));
+        const float diff = model - mag[i];
+        const float lm = fmaxf(lp, floor_power);
+        const float err = logmag[i] - 0.5f * logf(lm);
+        sum_sq += (double)(diff * diff);
+        sum_abs += (double)fabsf(err);
+        if (with_grad) {
+            const float sign = (float)((err > 0.0f) - (err < 0.0f));
+            scratch_sc[i] = sc > floor_power ? diff / model : 0.0f;
+            scratch_log[i] = lp > floor_power ? -0.5f * sign * inv_n / lm : 0.0f;
+        }
+    }
+    *sum_log = sum_abs;
+    return sum_sq;
+}
+
+double spectral_distance(const float *power, const float *noise, const float *mag, const float *logmag,
+                         float norm, int64_t n, float floor_power, float a, float b, float grad_scale,
+                         float *grad_power, float *grad_noise) {
+    double sum_abs, sum_sq;
+    const int with_grad = grad_power != 0;
+    if (noise)
+        sum_sq = distance_pass(power, noise, mag, logmag, n, floor_power, a, b, grad_power, grad_noise,
+                               &sum_abs, 1, with_grad);
+    else
+        sum_sq = distance_pass(power, noise, mag, logmag, n, floor_power, a, b, grad_power, grad_noise,
+                               &sum_abs, 0, with_grad);
+    const double diff_norm = sqrt(sum_sq);
+    if (with_grad) {
+        /* dL/dX dX/dP = (X - Y) / (||X - Y|| norm) / (2 X); the scratch holds (X - Y) / X. */
+        const float s = (float)(0.5 * grad_scale / (fmax(diff_norm, 1e-30) * norm)), t = grad_scale;
+        if (noise) {
+#pragma omp parallel for simd schedule(static)
+            for (int64_t i = 0; i < n; i++) {
+                const float g_sc = s * grad_power[i], g_log = t * grad_noise[i];
+                grad_power[i] = g_sc + g_log;
+                grad_noise[i] = a * g_sc + b * g_log;
+            }
+        } else {
+#pragma omp parallel for simd schedule(static)
+            for (int64_t i = 0; i < n; i++) grad_power[i] = s * grad_power[i] + t * grad_noise[i];
+        }
+    }
+    return diff_norm / norm + sum_abs / (double)n;
+}
+
+/* Rows advanced together in a recursion: independent chains the CPU overlaps (one row
+ * at a time waits on each multiply-add's latency). */
+#define LANES 16
+
+/* splat.dsp.decayed_sum: r[t] = Q r[t - 1] + x[t] along each row, Q = exp(log_q[row]). */
+void decayed_sum(const float *x, const float *log_q, int64_t rows, int64_t n, float *r) {
+#pragma omp parallel for schedule(static)
+    for (int64_t first = 0; first < rows; first += LANES) {
+        const int64_t lanes = rows - first < LANES ? rows - first : LANES;
+        double q[LANES], state[LANES];
+        for (int64_t j = 0; j < lanes; j++) q[j] = exp((double)log_q[first + j]), state[j] = 0.0;
+        for (int64_t t = 0; t < n; t++) {
+            for (int64_t j = 0; j < lanes; j++) {
+                const int64_t at = (first + j) * n + t;
+                const double s = q[j] * state[j] + x[at];
+                state[j] = s < TINY_POWER ? 0.0 : s;
+                r[at] = (float)state[j];
+            }
+        }
+    }
+}
+
+/* Its gradient, for g = dL/dr: dL/dx[m] = sum_{t >= m} Q^(t - m) g[t] (the same recursion
+ * backwards in time) and dL/dlog_q = Q sum_m r[m - 1] dL/dx[m]. */
+void decayed_sum_backward(const float *grad, const float *log_q, const float *r, int64_t rows, int64_t n,
+                          float *grad_x, float *grad_log_q) {
+#pragma omp parallel for schedule(static)
+    for (int64_t first = 0; first < rows; first += LANES) {
+        const int64_t lanes = rows - first < LANES ? rows - first : LANES;
+        double q[LANES], state[LANES], dq[LANES];
+        for (int64_t j = 0; j < lanes; j++) q[j] = exp((double)log_q[first + j]), state[j] = dq[j] = 0.0;
+        for (int64_t t = n - 1; t >= 0; t--) {
+            for (int64_t j = 0; j < lanes; j++) {
+                const int64_t at = (first + j) * n + t;
+                const double s = q[j] * state[j] + grad[at];
+                state[j] = fabs(s) < TINY_POWER ? 0.0 : s;
+                grad_x[at] = (float)state[j];
+                if (t > 0) dq[j] += (double)r[at - 1] * state[j];
+            }
+        }
+        for (int64_t j = 0; j < lanes; j++) grad_log_q[first + j] = (float)(q[j] * dq[j]);
+    }
+}
+
+/* splat.spectral.Plan.frame_powers, with the rows in the last axis (so the loops run
+ * along them, 16 at a time), for every resolution r: for each of `batch` grids of shape
+ * (cells, rows),
+ *     out[r][m, row] = sum_j kernel[r][j] p[(first[r] + m) stride[r] + j, row],
+ * out[r] of shape (batch, frames[r], rows). */
+void frame_powers(const float *powers, int64_t batch, int64_t cells, int64_t rows, const float **kernel,
+                  const int64_t *stride, const int64_t *first, const int64_t *frames, const int64_t *taps,
+                  int64_t n_res, float **out) {
+    for (int64_t res = 0; res < n_res; res++) {
+#pragma omp parallel for collapse(2) schedule(static)
+        for (int64_t b = 0; b < batch; b++) {
+            for (int64_t m = 0; m < frames[res]; m++) {
+                const float *p = powers + b * cells * rows;
+                float *o = out[res] + (b * frames[res] + m) * rows;
+                for (int64_t r = 0; r < rows; r++) o[r] = 0.0f;
+                for (int64_t j = 0; j < taps[res]; j++) {
+                    const float k = kernel[res][j];
+                    const float *at = p + ((first[res] + m) * stride[res] + j) * rows;
+#pragma omp simd
+                    for (int64_t r = 0; r < rows; r++) o[r] += k * at[r];
+                }
+            }
+        }
+    }
+}
+
+/* Its gradient, summed over the resolutions: each cell gathers the frames that cover it. */
+void frame_powers_backward(const float **grad, int64_t batch, int64_t cells, int64_t rows, const float **kernel,
+                           const int64_t *stride, const int64_t *first, const int64_t *frames,
+                           const int64_t *taps, int64_t n_res, float *grad_powers) {
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int64_t b = 0; b < batch; b++) {
+        for (int64_t c = 0; c < cells; c++) {
+            float *gp = grad_powers + (b * cells + c) * rows;
+            for (int64_t r = 0; r < rows; r++) gp[r] = 0.0f;
+            for (int64_t res = 0; res < n_res; res++) {
+                /* Frame m covers cells (first + m) stride + [0, taps). */
+                const int64_t s = stride[res], origin = first[res] * s;
+                int64_t lo = c - origin - taps[res] + 1, hi = c - origin;
+                lo = lo <= 0 ? 0 : (lo + s - 1) / s;
+                hi = hi < 0 ? -1 : hi / s;
+                hi = hi < frames[res] - 1 ? hi : frames[res] - 1;
+                for (int64_t m = lo; m <= hi; m++) {
+                    const float k = kernel[res][c - origin - m * s];
+                    const float *g = grad[res] + (b * frames[res] + m) * rows;
+#pragma omp simd
+                    for (int64_t r = 0; r < rows; r++) gp[r] += k * g[r];
+                }
+            }
+        }
+    }
+}
+
+/* splat.spectral.branch_powers: the power of every atom's three branches on the grid.
+ *
+ * fields: (FIELDS, atoms) with atoms = segments x per_segment, in the order of the
+ * FIELD_* constants below; window_s: (segments,) start of each segment's window;
+ * cell_s: (cells,) grid cell centres from a window start. For atom i of segment s
+ * and cell c, with u = cell_s[c] + window_s[s] - time_s[i]:
+ *     noise = An e^2(u) r(u),  body = Ab R_body(u) r(u),  short = As R_short(u) r(u),
+ * An = g2 (1 - mix), Ab = g2 mix (1 - share), As = g2 mix share, g2 = 10^(gain_db / 10),
+ * e the burst envelope (splat.dsp.burst_envelope), R the resonance power
+ * (splat.dsp.resonance_power: c1 (step rec - (step - 1) / 2 e^2), rec[c] = Q rec[c - 1] + e^2[c])
+ * and r the release in power (splat.dsp.release_gain).
+ * out: (segments, cells, 3 per_segment): noise branches, then bodies, then short parts.
+ * saved: (4, atoms, cells): e, r, rec_body, rec_short, for the gradient. */
+enum { FIELD_TIME, FIELD_ATTACK, FIELD_SPREAD, FIELD_DECAY, FIELD_SHORT_DECAY, FIELD_GAIN, FIELD_MIX,
+       FIELD_SHARE, FIELD_DURATION, FIELD_RELEASE, FIELDS };
+
+#define LN_1000 6.907755278982137
+#define LN_10 2.302585092994046
+#define LN_2 0.6931471805599453
+#define EXP_FLOOR (-80.0f)
+
+typedef struct {
+    float shift, attack, spread, k, rate, duration;  /* u = cell_s + shift; k: the gamma shape */
+    float an, ab, as, g2, mix, share, c1[2], step;
+    double q[2], log_q1[2];
+} Atom;
+
+static Atom atom_constants(const float *fields, int64_t n_atoms, int64_t i, float window_s, float step,
+                           float sample_rate) {
+    Atom a;
+    const float *f = fields + i;
+#define F(name) f[(name) * n_atoms]
+    a.shift = window_s - F(FIELD_TIME);
+    a.attack = F(FIELD_ATTACK), a.spread = F(FIELD_SPREAD), a.duration = F(FIELD_DURATION);
+    /* k = attack / theta, theta = 2 s^2 / (sqrt(a^2 + 4 s^2) + a) (splat.dsp.gamma_scale_s). */
+    const float root = sqrtf(a.attack * a.attack + 4.0f * a.spread * a.spread);
+    a.k = a.attack / (2.0f * a.spread * a.spread / (root + a.attack));
+    a.rate = (float)(2.0 * LN_1000) / F(FIELD_RELEASE);
+    a.g2 = powf(10.0f, F(FIELD_GAIN) / 10.0f), a.mix = F(FIELD_MIX), a.share = F(FIELD_SHARE);
+    a.an = a.g2 * (1.0f - a.mix), a.ab = a.g2 * a.mix * (1.0f - a.share), a.as = a.g2 * a.mix * a.share;
+    a.step = step;
+    for (int p = 0; p < 2; p++) {
+        const float decay = F(p == 0 ? FIELD_DECAY : FIELD_SHORT_DECAY);
+        const float log_q1 = (float)(-2.0 * LN_1000) / (decay * sample_rate);
+        a.log_q1[p] = log_q1, a.c1[p] = -expm1f(log_q1), a.q[p] = exp((double)(step * log_q1));
+    }
+#undef F
+    return a;
+}
+
+/* The envelope's exponent L (e = exp(L) for u >= 0, else 0) and whether its gradient flows. */
+static inline float envelope_log(const Atom *a, float u, int gaussian) {
+    if (gaussian) {
+        const float z = (u - a->attack) / a->spread;
+        return -0.5f * z * z;
+    }
+    const float x = fmaxf(u, 1e-9f) / a->attack;
+    return a->k * (logf(x) + 1.0f - x);
+}
+
+static inline float release_power(const Atom *a, float u) {
+    return expf(fmaxf(-a->rate * fmaxf(u - a->duration, 0.0f), EXP_FLOOR));
+}
+
+void branch_powers(const float *fields, const float *window_s, const float *cell_s, int64_t segments,
+                   int64_t per_segment, int64_t cells, float step, float sample_rate, int gaussian, float *out,
+                   float *saved) {
+    const int64_t n_atoms = segments * per_segment, width = 3 * per_segment;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        const int64_t s = i / per_segment, col = i % per_segment;
+        const Atom a = atom_constants(fields, n_atoms, i, window_s[s], step, sample_rate);
+        float *env = saved + i * cells, *rel = saved + (n_atoms + i) * cells;
+        float *rec_body = saved + (2 * n_atoms + i) * cells, *rec_short = saved + (3 * n_atoms + i) * cells;
+#pragma omp simd
+        for (int64_t c = 0; c < cells; c++) {
+            const float u = cell_s[c] + a.shift;
+            env[c] = u < 0.0f ? 0.0f : expf(fmaxf(envelope_log(&a, u, gaussian), EXP_FLOOR));
+            rel[c] = release_power(&a, u);
+        }
+        double body = 0.0, brief = 0.0;
+        for (int64_t c = 0; c < cells; c++) {
+            const double e2 = (double)env[c] * env[c];
+            body = a.q[0] * body + e2, brief = a.q[1] * brief + e2;
+            body = body < TINY_POWER ? 0.0 : body, brief = brief < TINY_POWER ? 0.0 : brief;
+            rec_body[c] = (float)body, rec_short[c] = (float)brief;
+        }
+        const float half = 0.5f * (step - 1.0f);
+        float *o = out + s * cells * width + col;
+        for (int64_t c = 0; c < cells; c++) {
+            const float e2 = env[c] * env[c], r = rel[c];
+            o[c * width] = a.an * e2 * r;
+            o[c * width + per_segment] = a.ab * a.c1[0] * (step * rec_body[c] - half * e2) * r;
+            o[c * width + 2 * per_segment] = a.as * a.c1[1] * (step * rec_short[c] - half * e2) * r;
+        }
+    }
+}
+
+/* Its gradient: grad of shape (segments, cells, 3 per_segment) -> grad_fields (FIELDS, atoms).
+ * scratch: 4 x cells floats per thread (max_threads()). */
+void branch_powers_backward(const float *grad, const float *fields, const float *window_s, const float *cell_s,
+                            const float *saved, int64_t segments, int64_t per_segment, int64_t cells, float step,
+                            float sample_rate, int gaussian, float *grad_fields, float *scratch) {
+    const int64_t n_atoms = segments * per_segment, width = 3 * per_segment;
+    const float half = 0.5f * (step - 1.0f);
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        float *own = scratch + 4 * cells * thread_index();
+        float *to_rec_body = own, *to_rec_short = own + cells, *to_e2 = own + 2 * cells, *to_rel = own + 3 * cells;
+        const int64_t s = i / per_segment, col = i % per_segment;
+        const Atom a = atom_constants(fields, n_atoms, i, window_s[s], step, sample_rate);
+        const float *env = saved + i * cells, *rel = saved + (n_atoms + i) * cells;
+        const float *rec_body = saved + (2 * n_atoms + i) * cells, *rec_short = saved + (3 * n_atoms + i) * cells;
+        const float *g = grad + s * cells * width + col;
+        /* Per cell: the gradients of the three shares, of c1 and of what each power was made of. */
+        float d_an = 0.0f, d_ab = 0.0f, d_as = 0.0f, d_c1_body = 0.0f, d_c1_short = 0.0f;
+        for (int64_t c = 0; c < cells; c++) {
+            const float gn = g[c * width], gb = g[c * width + per_segment], gs = g[c * width + 2 * per_segment];
+            const float e2 = env[c] * env[c], r = rel[c];
+            const float raw_body = step * rec_body[c] - half * e2, raw_short = step * rec_short[c] - half * e2;
+            const float res_body = a.c1[0] * raw_body, res_short = a.c1[1] * raw_short;
+            d_an += gn * e2 * r, d_ab += gb * res_body * r, d_as += gs * res_short * r;
+            const float h_body = gb * a.ab * r, h_short = gs * a.as * r;  /* d / d res */
+            d_c1_body += h_body * raw_body, d_c1_short += h_short * raw_short;
+            to_rec_body[c] = h_body * a.c1[0] * step, to_rec_short[c] = h_short * a.c1[1] * step;
+            to_e2[c] = gn * a.an * r - half * (h_body * a.c1[0] + h_short * a.c1[1]);
+            to_rel[c] = gn * a.an * e2 + gb * a.ab * res_body + gs * a.as * res_short;
+        }
+        /* The recursions backwards in time (splat.dsp._DecayedSum). */
+        double body = 0.0, brief = 0.0, d_log_q_body = 0.0, d_log_q_short = 0.0;
+        for (int64_t c = cells - 1; c >= 0; c--) {
+            body = a.q[0] * body + to_rec_body[c], brief = a.q[1] * brief + to_rec_short[c];
+            body = fabs(body) < TINY_POWER ? 0.0 : body, brief = fabs(brief) < TINY_POWER ? 0.0 : brief;
+            to_e2[c] += (float)(body + brief);
+            if (c > 0) d_log_q_body += rec_body[c - 1] * body, d_log_q_short += rec_short[c - 1] * brief;
+        }
+        /* The envelope and the release (splat.dsp._BurstEnvelope, splat.dsp.release_gain). */
+        const float root = sqrtf(a.attack * a.attack + 4.0f * a.spread * a.spread);
+        const float dk_da = (root + a.attack) * (root + a.attack) / (2.0f * root * a.spread * a.spread);
+        float d_u = 0.0f, d_attack = 0.0f, d_spread = 0.0f, d_duration = 0.0f, d_rate = 0.0f;
+#pragma omp simd reduction(+ : d_u, d_attack, d_spread, d_duration, d_rate)
+        for (int64_t c = 0; c < cells; c++) {
+            const float u = cell_s[c] + a.shift;
+            const float e = env[c], log_e = envelope_log(&a, u, gaussian);
+            const float d_log_e = (u >= 0.0f && log_e > EXP_FLOOR) ? 2.0f * e * e * to_e2[c] : 0.0f;
+            if (gaussian) {
+                const float dz = d_log_e * (u - a.attack) / (a.spread * a.spread);
+                d_u -= dz, d_attack += dz, d_spread += dz * (u - a.attack) / a.spread;
+            } else {
+                const float uu = fmaxf(u, 1e-9f), x = uu / a.attack, m = logf(x) + 1.0f - x;
+                d_u += d_log_e * a.k * (1.0f / uu - 1.0f / a.attack);
+                d_attack += d_log_e * (dk_da * m - a.k * (1.0f - x) / a.attack);
+                d_spread -= d_log_e * (a.attack / a.spread) * dk_da * m;
+            }
+            const float past = u - a.duration;
+            const float d_r = (past > 0.0f && -a.rate * past > EXP_FLOOR) ? to_rel[c] * rel[c] : 0.0f;
+            d_u -= d_r * a.rate, d_duration += d_r * a.rate, d_rate -= d_r * past;
+        }
+        float *gf = grad_fields + i;
+#define G(name) gf[(name) * n_atoms]
+        const float d_g2 = d_an * (1.0f - a.mix) + d_ab * a.mix * (1.0f - a.share) + d_as * a.mix * a.share;
+        G(FIELD_TIME) = -d_u;
+        G(FIELD_ATTACK) = d_attack, G(FIELD_SPREAD) = d_spread;
+        G(FIELD_GAIN) = d_g2 * a.g2 * (float)(LN_10 / 10.0);
+        G(FIELD_MIX) = a.g2 * (-d_an + d_ab * (1.0f - a.share) + d_as * a.share);
+        G(FIELD_SHARE) = a.g2 * a.mix * (d_as - d_ab);
+        G(FIELD_DURATION) = d_duration;
+        G(FIELD_RELEASE) = d_rate * -a.rate / fields[FIELD_RELEASE * n_atoms + i];
+        const double d_c1[2] = {d_c1_body, d_c1_short}, d_log_q[2] = {d_log_q_body, d_log_q_short};
+        for (int p = 0; p < 2; p++) {
+            /* c1 = -expm1(log_q1), log Q = step log_q1, log_q1 = -2 ln(1000) / (decay sr). */
+            const double d_log_q1 = -d_c1[p] * exp(a.log_q1[p]) + step * a.q[p] * d_log_q[p];
+            const float decay = fields[(p == 0 ? FIELD_DECAY : FIELD_SHORT_DECAY) * n_atoms + i];
+            G(p == 0 ? FIELD_DECAY : FIELD_SHORT_DECAY) = (float)(d_log_q1 * -a.log_q1[p] / decay);
+        }
+#undef G
+    }
+}
+
+/* splat.spectral.noise_spectra: each noise band's share of every bin, per resolution.
+ *
+ * For atom i (centre c, bandwidth w) and resolution r (bin width h_r, bins f = 0, h_r, ...):
+ *     sigma_r = sqrt((w / FWHM)^2 + (kernel_sigma h_r)^2),
+ *     share[f] = exp(-((f - c) / sigma_r)^2 / 2) / T_r,
+ *     T_r = sigma_r sqrt(2 pi) / h_r max(I_r, 1e-6),
+ *     I_r = (erf((nyquist - c) / (sqrt 2 sigma_r)) + erf(c / (sqrt 2 sigma_r))) / 2.
+ * out[r]: (atoms, bins[r]). */
+#define SQRT_2 1.4142135623730951
+#define SQRT_2PI 2.5066282746310002
+#define FWHM_PER_SIGMA 2.3548200450309493
+#define INV_SQRT_PI 0.5641895835477563
+
+typedef struct {
+    float sigma, inside, total;
+    int clamped;
+} Band;
+
+static Band band_constants(float centre, float bandwidth, float bin_hz, float kernel_sigma, float nyquist) {
+    Band b;
+    const float sigma_band = bandwidth / (float)FWHM_PER_SIGMA, blur = kernel_sigma * bin_hz;
+    b.sigma = sqrtf(sigma_band * sigma_band + blur * blur);
+    const float scale = 1.0f / ((float)SQRT_2 * b.sigma);
+    b.inside = 0.5f * (erff((nyquist - centre) * scale) + erff(centre * scale));
+    b.clamped = b.inside < 1e-6f;
+    b.total = b.sigma * (float)SQRT_2PI / bin_hz * (b.clamped ? 1e-6f : b.inside);
+    return b;
+}
+
+void noise_spectra(const float *centre_hz, const float *bandwidth_hz, int64_t n_atoms, const float *bin_hz,
+                   const int64_t *n_bins, int64_t n_res, float kernel_sigma, float nyquist, float **out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        for (int64_t r = 0; r < n_res; r++) {
+            const Band b = band_constants(centre_hz[i], bandwidth_hz[i], bin_hz[r], kernel_sigma, nyquist);
+            const float inv_sigma = 1.0f / b.sigma, inv_total = 1.0f / b.total, c = centre_hz[i], h = bin_hz[r];
+            float *o = out[r] + i * n_bins[r];
+#pragma omp simd
+            for (int64_t f = 0; f < n_bins[r]; f++) {
+                const float z = ((float)f * h - c) * inv_sigma;
+                o[f] = expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total;
+            }
+        }
+    }
+}
+
+/* Its gradient: grads[r] of shape (atoms, bins[r]) -> grad_centre, grad_bandwidth (atoms). */
+void noise_spectra_backward(const float **grads, const float *centre_hz, const float *bandwidth_hz, int64_t n_atoms,
+                            const float *bin_hz, const int64_t *n_bins, int64_t n_res, float kernel_sigma,
+                            float nyquist, float *grad_centre, float *grad_bandwidth) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        grad_centre[i] = grad_bandwidth[i] = 0.0f;
+        for (int64_t r = 0; r < n_res; r++) {
+            const float c = centre_hz[i], h = bin_hz[r];
+            const Band b = band_constants(c, bandwidth_hz[i], h, kernel_sigma, nyquist);
+            const float inv_sigma = 1.0f / b.sigma, inv_total = 1.0f / b.total;
+            const float *g = grads[r] + i * n_bins[r];
+            /* Sums over the bins of g s, g s z and g s z^2 (s the share, z = (f - c) / sigma). */
+            float gs = 0.0f, gsz = 0.0f, gsz2 = 0.0f;
+#pragma omp simd reduction(+ : gs, gsz, gsz2)
+            for (int64_t f = 0; f < n_bins[r]; f++) {
+                const float z = ((float)f * h - c) * inv_sigma;
+                const float w = g[f] * expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total;
+                gs += w, gsz += w * z, gsz2 += w * z * z;
+            }
+            /* share = exp(-z^2 / 2) / T: d/dc at fixed sigma and T, then through T (sigma, I). */
+            const float d_total = -gs / b.total;
+            float d_centre = gsz * inv_sigma, d_sigma = gsz2 * inv_sigma + d_total * b.total * inv_sigma;
+            if (!b.clamped) {
+                const float d_inside = d_total * b.sigma * (float)SQRT_2PI / h;
+                const float scale = 1.0f / ((float)SQRT_2 * b.sigma);
+                const float x1 = (nyquist - c) * scale, x2 = c * scale;
+                const float e1 = (float)INV_SQRT_PI * expf(-x1 * x1), e2 = (float)INV_SQRT_PI * expf(-x2 * x2);
+                d_centre += d_inside * (e2 - e1) * scale;
+                d_sigma -= d_inside * (e1 * x1 + e2 * x2) * inv_sigma;
+            }
+            const float sigma_band = bandwidth_hz[i] / (float)FWHM_PER_SIGMA;
+            grad_centre[i] += d_centre;
+            grad_bandwidth[i] += d_sigma * sigma_band * inv_sigma / (float)FWHM_PER_SIGMA;
+        }
+    }
+}
+
+/* splat.spectral.resonance_spectra: each resonance part's share of every bin, per resolution.
+ *
+ * fields: (PARTIAL_FIELDS, atoms). For partial k = 1..K (K audible: below Nyquist, at most
+ * n_partials) at f_k = k f0 sqrt(1 + B k^2) with formant gain g_k (splat.dsp.formant_gains)
+ * and part p's weight w_pk = rho_p^(k - 1) g_k / sum_j rho_p^(j - 1) g_j (splat.dsp.partial_weights),
+ * the 2 reach bins around f_k / h_r get w_pk times the Hann power kernel
+ * (splat.dsp.hann_power_taps); splats off either end of the bins are dropped.
+ * out[r]: (segments, 2 per_segment, n_bins[r]): each segment's bodies, then its short parts. */
+enum { PARTIAL_F0, PARTIAL_INHARMONICITY, PARTIAL_ROLLOFF, PARTIAL_SHORT_ROLLOFF, PARTIAL_FORMANT_HZ,
+       PARTIAL_FORMANT_DB, PARTIAL_FIELDS };
+
+#define PI_F 3.14159265358979f
+#define MAX_PARTIALS 512
+#define FORMANT_Z_PER_LOG2 2.3548200450309493 /* FWHM_PER_SIGMA / FORMANT_OCTAVES */
+#define HANN_SHARE_SCALE (0.25f / 0.375f)    /* 1 / (4 mean(w^2)) */
+
+typedef struct {
+    int64_t n_active;
+    float freq[MAX_PARTIALS], formant_exp[MAX_PARTIALS], geometric[2][MAX_PARTIALS], weight[2][MAX_PARTIALS];
+    float gain[MAX_PARTIALS], total[2], boost;
+} Partials;
+
+static void partials(const float *fields, int64_t n_atoms, int64_t i, int64_t n_partials, float nyquist,
+                     Partials *p) {
+    const float *f = fields + i;
+#define F(name) f[(name) * n_atoms]
+    const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY);
+    /* The real k at Nyquist (splat.dsp.partial_index), minus 1e-6, floored. */
+    const float ratio = nyquist / f0;
+    const float k_max = sqrtf(2.0f * ratio * ratio / (1.0f + sqrtf(1.0f + 4.0f * b * ratio * ratio)));
+    const float n_active = fminf(fmaxf(floorf(k_max - 1e-6f), 0.0f), (float)n_partials);
+    p->n_active = (int64_t)n_active;
+    p->boost = expm1f(F(PARTIAL_FORMANT_DB) * (float)(LN_10 / 10.0));
+    const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
+                              -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+    p->total[0] = p->total[1] = 0.0f;
+    for (int64_t j = 0; j < p->n_active; j++) {
+        const float k = (float)(j + 1);
+        p->freq[j] = k * f0 * sqrtf(1.0f + b * k * k);
+        const float z = log2f(p->freq[j] / F(PARTIAL_FORMANT_HZ)) * (float)FORMANT_Z_PER_LOG2;
+        p->formant_exp[j] = expf(-0.5f * z * z);
+        p->gain[j] = 1.0f + p->boost * p->formant_exp[j];
+        for (int part = 0; part < 2; part++) {
+            p->geometric[part][j] = expf(fmaxf((k - 1.0f) * log_rho[part], EXP_FLOOR));
+            p->total[part] += p->geometric[part][j] * p->gain[j];
+        }
+    }
+    for (int part = 0; part < 2; part++) {
+        const float norm = 1.0f / fmaxf(p->total[part], 1e-30f);
+        for (int64_t j = 0; j < p->n_active; j++) p->weight[part][j] = p->geometric[part][j] * p->gain[j] * norm;
+    }
+#undef F
+}
+
+/* The Hann kernel around each partial's position f_k / h (splat.dsp._HannPowerTaps), for
+ * the n partials at once so that the sines run vectorised: the first tap's bin, the
+ * shared sin^2(pi d0) and, with slopes, sin(pi d0) cos(pi d0), where d0 is the offset of
+ * floor(position) from the position (moved off the kernel's removable singularities). */
+typedef struct {
+    int64_t first[MAX_PARTIALS];
+    float d0[MAX_PARTIALS], s2[MAX_PARTIALS], sc[MAX_PARTIALS];
+} Taps;
+
+static void hann_taps(const float *freq, int64_t n, float bin_hz, int64_t reach, int slopes, Taps *taps) {
+#pragma omp simd
+    for (int64_t j = 0; j < n; j++) {
+        const float pos = freq[j] / bin_hz, below = floorf(pos), frac = pos - below;
+        const int near = frac < 1e-4f || frac > 1.0f - 1e-4f;
+        const float d0 = near ? 5e-4f - frac : -frac, sine = sinf(PI_F * d0);
+        taps->first[j] = (int64_t)below + 1 - reach;
+        taps->d0[j] = d0, taps->s2[j] = sine * sine;
+        if (slopes) taps->sc[j] = 0.5f * sinf(2.0f * PI_F * d0);
+    }
+}
+
+/* share(d) = c s^2 / D^2, D = pi d (1 - d^2), at d = d0 + tap offset; and d share / d position. */
+static inline float hann_share(const Taps *taps, int64_t j, int64_t t, int64_t reach, float *slope) {
+    const float d = taps->d0[j] + (float)(t + 1 - reach), den = PI_F * d * (1.0f - d * d);
+    const float s2 = taps->s2[j];
+    if (slope)
+        *slope = -2.0f * HANN_SHARE_SCALE * (PI_F * taps->sc[j] * den - s2 * PI_F * (1.0f - 3.0f * d * d)) /
+                 (den * den * den);
+    return HANN_SHARE_SCALE * s2 / (den * den);
+}
+
+/* The row of atom i's part in a (segments, 2 per_segment, bins) array. */
+static inline int64_t part_row(int64_t i, int64_t per_segment, int part) {
+    return (i / per_segment * 2 + part) * per_segment + i % per_segment;
+}
+
+void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment, int64_t n_partials,
+                       float nyquist, const float *bin_hz, const int64_t *n_bins, int64_t n_res, int64_t reach,
+                       float **out) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        Partials p;
+        Taps taps;
+        partials(fields, n_atoms, i, n_partials, nyquist, &p);
+        for (int64_t r = 0; r < n_res; r++) {
+            float *rows[2] = {out[r] + part_row(i, per_segment, 0) * n_bins[r],
+                              out[r] + part_row(i, per_segment, 1) * n_bins[r]};
+            for (int part = 0; part < 2; part++)
+                for (int64_t b = 0; b < n_bins[r]; b++) rows[part][b] = 0.0f;
+            hann_taps(p.freq, p.n_active, bin_hz[r], reach, 0, &taps);
+            for (int64_t j = 0; j < p.n_active; j++) {
+                for (int64_t t = 0; t < 2 * reach; t++) {
+                    const int64_t bin = taps.first[j] + t;
+                    if (bin < 0 || bin >= n_bins[r]) continue;
+                    const float share = hann_share(&taps, j, t, reach, 0);
+                    rows[0][bin] += share * p.weight[0][j];
+                    rows[1][bin] += share * p.weight[1][j];
+                }
+            }
+        }
+    }
+}
+
+/* Its gradient: grads laid out as out -> grad_fields (PARTIAL_FIELDS, atoms). */
+void resonance_spectra_backward(const float **grads, const float *fields, int64_t n_atoms,
+                                int64_t per_segment, int64_t n_partials, float nyquist, const float *bin_hz, const int64_t *n_bins, int64_t n_res,
+                                int64_t reach, float *grad_fields) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        Partials p;
+        Taps taps;
+        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], d_gain[MAX_PARTIALS];
+        partials(fields, n_atoms, i, n_partials, nyquist, &p);
+        for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = d_gain[j] = 0.0f;
+        for (int64_t r = 0; r < n_res; r++) {
+            const float *rows[2] = {grads[r] + part_row(i, per_segment, 0) * n_bins[r],
+                                    grads[r] + part_row(i, per_segment, 1) * n_bins[r]};
+            hann_taps(p.freq, p.n_active, bin_hz[r], reach, 1, &taps);
+            for (int64_t j = 0; j < p.n_active; j++) {
+                float d_pos = 0.0f;
+                for (int64_t t = 0; t < 2 * reach; t++) {
+                    const int64_t bin = taps.first[j] + t;
+                    if (bin < 0 || bin >= n_bins[r]) continue;
+                    float slope;
+                    const float share = hann_share(&taps, j, t, reach, &slope);
+                    const float g0 = rows[0][bin], g1 = rows[1][bin];
+                    d_weight[0][j] += g0 * share, d_weight[1][j] += g1 * share;
+                    d_pos += (g0 * p.weight[0][j] + g1 * p.weight[1][j]) * slope;
+                }
+                d_freq[j] += d_pos / bin_hz[r];
+            }
+        }
+        /* Through the normalisation, the roll-offs and the formant gains to the fields. */
+        const float *f = fields + i;
+        float *gf = grad_fields + i;
+#define F(name) f[(name) * n_atoms]
+#define G(name) gf[(name) * n_atoms]
+        const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY), formant_hz = F(PARTIAL_FORMANT_HZ);
+        const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
+                                  -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+        float d_log_rho[2] = {0.0f, 0.0f}, d_boost = 0.0f, d_formant_hz = 0.0f, d_f0 = 0.0f, d_b = 0.0f;
+        for (int part = 0; part < 2; part++) {
+            /* w_j = shaped_j / total: d shaped_j = (d w_j - sum_i d w_i w_i) / total (total > 1e-30). */
+            const float total = fmaxf(p.total[part], 1e-30f);
+            float mean = 0.0f;
+            if (p.total[part] > 1e-30f)
+                for (int64_t j = 0; j < p.n_active; j++) mean += d_weight[part][j] * p.weight[part][j];
+            for (int64_t j = 0; j < p.n_active; j++) {
+                const float d_shaped = (d_weight[part][j] - mean) / total;
+                const float k = (float)(j + 1), geometric = p.geometric[part][j];
+                d_gain[j] += d_shaped * geometric;
+                if ((k - 1.0f) * log_rho[part] > EXP_FLOOR)
+                    d_log_rho[part] += d_shaped * p.gain[j] * geometric * (k - 1.0f);
+            }
+        }
+        for (int64_t j = 0; j < p.n_active; j++) {
+            const float k = (float)(j + 1), freq = p.freq[j];
+            const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
+            d_boost += d_gain[j] * p.formant_exp[j];
+            /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
+            const float d_log_ratio = -d_gain[j] * p.boost * p.formant_exp[j] * z * (float)(FORMANT_Z_PER_LOG2 / LN_2);
+            d_freq[j] += d_log_ratio / freq;
+            d_formant_hz -= d_log_ratio / formant_hz;
+            d_f0 += d_freq[j] * freq / f0;
+            d_b += d_freq[j] * freq * k * k / (2.0f * (1.0f + b * k * k));
+        }
+        G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
+        G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);
+        G(PARTIAL_SHORT_ROLLOFF) = -d_log_rho[1] * (float)(LN_10 / 10.0);
+        G(PARTIAL_FORMANT_HZ) = d_formant_hz;
+        G(PARTIAL_FORMANT_DB) = d_boost * (p.boost + 1.0f) * (float)(LN_10 / 10.0);
+#undef F
+#undef G
+    }
+}

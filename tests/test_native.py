@@ -1,0 +1,278 @@
+"""The native kernels (`splat.native`, `kernels.c`) against the PyTorch code they replace.
+
+Each test evaluates one function twice in float32, with the kernels and with
+`SPLAT_NATIVE=0` (PyTorch alone, the reference), and compares the values and
+the gradients of a random weighting of the outputs. Both sum the same float32
+terms in different orders, so they agree to a few float32 roundings (relative
+1e-5), except where a tolerance says why not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from splat import dsp, loss, native, spectral
+from splat.params import FIELDS, AtomParams, Bounds
+
+SR = 22050
+
+
+@pytest.fixture(autouse=True)
+def _fresh_library(monkeypatch):
+    """Every test starts and ends with the library looked up again (the environment may change)."""
+    native.library.cache_clear()
+    yield
+    native.library.cache_clear()
+
+
+def _both(monkeypatch, run):
+    """`run()` with the native kernels, then with PyTorch alone: (native result, reference result)."""
+    assert native.library() is not None, "the C compiler should build the kernels on this machine"
+    with_kernels = run()
+    monkeypatch.setenv("SPLAT_NATIVE", "0")
+    native.library.cache_clear()
+    assert native.library() is None
+    reference = run()
+    monkeypatch.delenv("SPLAT_NATIVE")
+    native.library.cache_clear()
+    return with_kernels, reference
+
+
+def _weights(shape, seed: int = 1) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e-5) -> None:
+    """Equal within rtol of the largest magnitude (elements near zero have no relative precision)."""
+    scale = expected.abs().max().clamp_min(1e-30)
+    assert ((actual - expected).abs().max() / scale).item() < rtol
+
+
+def _params(rng: np.random.Generator, shape=(2, 5)) -> dict[str, torch.Tensor]:
+    """float32 values of every field spread over its whole range (time within the first 0.4 s)."""
+    bounds = Bounds.for_sample_rate(SR)
+    values = {"time_s": rng.uniform(0.0, 0.4, shape)}
+    for name in FIELDS[1:]:
+        rng_ = bounds.range_of(name)
+        unit = rng.uniform(0.0, 1.0, shape)
+        values[name] = np.exp(np.log(rng_.lo) + unit * np.log(rng_.hi / rng_.lo)) if rng_.log else rng_.lo + unit * (
+            rng_.hi - rng_.lo
+        )
+    return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
+
+
+@pytest.fixture
+def plan() -> spectral.Plan:
+    grid = spectral.Grid(n_window=8192, step=64, pad=1024)
+    return spectral.Plan(grid, spectral.resolutions_for((2048, 1024, 512)), sample_rate=SR, device=torch.device("cpu"))
+
+
+def _gradients(values: dict[str, torch.Tensor], outputs_of) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    """Outputs of `outputs_of(params)` and the gradient of a fixed random weighting of them per field."""
+    leaves = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+    outputs = outputs_of(AtomParams(**leaves))
+    sum((out * _weights(out.shape, seed=i)).sum() for i, out in enumerate(outputs)).backward()
+    grads = {k: v.grad for k, v in leaves.items() if v.grad is not None}
+    return [o.detach() for o in outputs], grads
+
+
+@pytest.mark.parametrize("envelope", ["gamma", "gaussian"])
+def test_branch_powers_match_pytorch(monkeypatch, rng, plan, envelope):
+    values = _params(rng)
+    window_start_s = torch.tensor([[0.0], [0.25]])
+
+    def run():
+        return _gradients(
+            values,
+            lambda p: [
+                spectral.branch_powers(
+                    p, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=SR, envelope=envelope
+                ).contiguous()
+            ],
+        )
+
+    (out, grads), (ref_out, ref_grads) = _both(monkeypatch, run)
+    _assert_close(out[0], ref_out[0])
+    assert set(grads) == set(ref_grads) == set(spectral._BRANCH_FIELDS)
+    for name in grads:
+        _assert_close(grads[name], ref_grads[name], rtol=2e-5)
+
+
+def test_frame_powers_match_pytorch(monkeypatch, plan):
+    powers = torch.rand(3, 7, plan.grid.n_cells)
+
+    def run():
+        leaf = powers.clone().requires_grad_(True)
+        frames = plan.frame_powers(leaf)
+        sum((f * _weights(f.shape, seed=i)).sum() for i, f in enumerate(frames)).backward()
+        return [f.detach() for f in frames], leaf.grad
+
+    (frames, grad), (ref_frames, ref_grad) = _both(monkeypatch, run)
+    for a, b in zip(frames, ref_frames, strict=True):
+        _assert_close(a, b)
+    _assert_close(grad, ref_grad)
+
+
+def test_noise_spectra_match_pytorch(monkeypatch, rng, plan):
+    values = _params(rng)
+    # Bands at DC and at Nyquist, narrow and wide: the normalisation's erf terms at both ends.
+    values["noise_center_hz"][0, :3] = torch.tensor([20.0, SR / 2 - 5.0, 3000.0])
+    values["noise_bandwidth_hz"][0, :3] = torch.tensor([20.0, 20.0, 8000.0])
+
+    (spectra, grads), (ref_spectra, ref_grads) = _both(
+        monkeypatch, lambda: _gradients(values, lambda p: spectral.noise_spectra(p, plan))
+    )
+    for a, b in zip(spectra, ref_spectra, strict=True):
+        _assert_close(a, b)
+    assert set(grads) == set(ref_grads) == {"noise_center_hz", "noise_bandwidth_hz"}
+    for name in grads:
+        _assert_close(grads[name], ref_grads[name])
+
+
+def test_resonance_spectra_match_pytorch_to_the_precision_of_a_float32_position(monkeypatch, rng, plan):
+    """Both paths round f_k / bin_hz to float32: a partial at bin ~1000 is placed to ~1e-4 bins, and
+    the kernel's slope (~3 per bin) turns that into ~3e-4 of a share. So both are compared with a
+    float64 evaluation, and the kernels must be as close to it as PyTorch's float32 is."""
+    values = _params(rng)
+    values["f0_hz"][0, :3] = torch.tensor([SR / 2 - 100.0, 40.0, SR / 4096 * 16])  # one partial; many; on a bin
+
+    def run():
+        return _gradients(values, lambda p: spectral.resonance_spectra(p, plan, n_partials=64))
+
+    (spectra, grads), (ref_spectra, ref_grads) = _both(monkeypatch, run)
+    double = {k: v.double() for k, v in values.items()}
+    plan64 = spectral.Plan(plan.grid, plan.resolutions, sample_rate=SR, device=torch.device("cpu"))
+    plan64.bin_hz, plan64.taps, plan64.last_bin = plan.bin_hz.double(), plan.taps.double(), plan.last_bin.double()
+    exact, exact_grads = _gradients(double, lambda p: spectral.resonance_spectra(p, plan64, n_partials=64))
+    for a, b, c in zip(spectra, ref_spectra, exact, strict=True):
+        assert (a.double() - c).abs().max() <= 2 * (b.double() - c).abs().max() + 1e-7
+    assert set(grads) == set(ref_grads) == set(spectral._PARTIAL_FIELDS)
+    for name in grads:
+        error = (grads[name].double() - exact_grads[name]).abs().max()
+        assert error <= 2 * (ref_grads[name].double() - exact_grads[name]).abs().max() + 1e-6 * exact_grads[
+            name
+        ].abs().max()
+
+
+def test_silent_partials_get_no_share(monkeypatch, plan):
+    """A partial at or above Nyquist is silent: an atom whose f0 is above Nyquist has no resonance."""
+    values = _params(np.random.default_rng(0), shape=(1, 1))
+    values["f0_hz"][:] = SR / 2 + 1.0
+    params = AtomParams(**values)
+    spectra, reference = _both(monkeypatch, lambda: spectral.resonance_spectra(params, plan, n_partials=8))
+    for a, b in zip(spectra, reference, strict=True):
+        assert a.abs().max() == 0.0 and b.abs().max() == 0.0
+
+
+@pytest.mark.parametrize("with_noise", [False, True])
+def test_spectral_distance_matches_pytorch(monkeypatch, rng, with_noise):
+    shapes = [(16, 513), (32, 257)]
+    target = loss.SpectralTarget([torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes])
+    powers = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes]
+    noises = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes]
+    powers[0][0, :10] = noises[0][0, :10] = 0.0  # below the power floor: no gradient there
+
+    def run():
+        leaves = [p.clone().requires_grad_(True) for p in powers + noises]
+        value = target.distance(leaves[:2], leaves[2:] if with_noise else None)
+        (3.0 * value).backward()  # an incoming gradient other than 1
+        return value.detach(), [leaf.grad for leaf in leaves[: 4 if with_noise else 2]]
+
+    (value, grads), (ref_value, ref_grads) = _both(monkeypatch, run)
+    assert value.item() == pytest.approx(ref_value.item(), rel=1e-6)
+    for a, b in zip(grads, ref_grads, strict=True):
+        _assert_close(a, b)
+    assert grads[0][0, :10].abs().max() == 0.0
+
+
+def test_decayed_sum_matches_pytorch(monkeypatch, rng):
+    x = torch.tensor(rng.uniform(0, 1, (2, 3, 1, 500)) ** 3, dtype=torch.float32)
+    log_q = torch.tensor(-rng.uniform(1e-3, 0.5, (2, 3, 2, 1)), dtype=torch.float32)
+
+    def run():
+        leaves = x.clone().requires_grad_(True), log_q.clone().requires_grad_(True)
+        r = dsp.decayed_sum(*leaves)
+        (r * _weights(r.shape)).sum().backward()
+        return r.detach(), [leaf.grad for leaf in leaves]
+
+    (r, grads), (ref_r, ref_grads) = _both(monkeypatch, run)
+    _assert_close(r, ref_r)
+    for a, b in zip(grads, ref_grads, strict=True):
+        _assert_close(a, b, rtol=1e-4)
+
+
+def test_products_take_float32_values_and_bfloat16_gradients(monkeypatch, rng):
+    """The forward products are the float32 ones; their gradients, from bfloat16 copies,
+    are within bf16's rounding (2^-9 per input) of float32's and point the same way."""
+    frames = torch.tensor(rng.uniform(0, 1, (2, 16, 12)), dtype=torch.float32)
+    noise = torch.tensor(rng.uniform(0, 1, (2, 4, 129)), dtype=torch.float32)
+    tonal = torch.tensor(rng.uniform(0, 1, (2, 8, 129)), dtype=torch.float32)
+    leaves = [t.clone().requires_grad_(True) for t in (frames, noise, tonal)]
+    noisy, partials = spectral._HalfGradientProducts.apply(*leaves)
+    ((noisy * _weights(noisy.shape)).sum() + (partials * _weights(partials.shape, seed=2)).sum()).backward()
+    exact = [t.clone().requires_grad_(True) for t in (frames, noise, tonal)]
+    ref_noisy, ref_partials = torch.bmm(exact[0][..., :4], exact[1]), torch.bmm(exact[0][..., 4:], exact[2])
+    ((ref_noisy * _weights(noisy.shape)).sum() + (ref_partials * _weights(partials.shape, seed=2)).sum()).backward()
+    assert torch.equal(noisy, ref_noisy) and torch.equal(partials, ref_partials)
+    for leaf, ref in zip(leaves, exact, strict=True):
+        _assert_close(leaf.grad, ref.grad, rtol=1e-2)
+        cosine = torch.nn.functional.cosine_similarity(leaf.grad.flatten(), ref.grad.flatten(), dim=0)
+        assert cosine > 0.9999
+
+
+def test_the_fast_engine_gives_the_same_distance_and_gradient(monkeypatch, rng):
+    """The whole objective of a two-segment chunk with a background, through every kernel at once."""
+    from splat.engines import FastEngine, ModelSpec, Region
+    from splat.params import to_physical
+
+    n = 2 * 4096
+    target = torch.tensor(rng.normal(0, 0.1, 3 * n), dtype=torch.float32)
+    spec = ModelSpec(SR, "gamma", 16, spectral.resolutions_for((1024, 512)), 64)
+    region = Region(start=n, n_samples=2 * n, segment_starts=(n, n + n // 2), n_segment=n // 2)
+    background_params = AtomParams(**{k: v[:1] for k, v in _params(rng, shape=(1, 3)).items()})
+    background = (background_params, None, torch.tensor([0]))
+    raw = torch.tensor(rng.normal(0, 1, (2, 4, len(FIELDS))), dtype=torch.float32)
+    bounds = Bounds.for_sample_rate(SR)
+    t0, span = torch.tensor([[0.35], [0.5]]), 0.2
+
+    def run():
+        engine = FastEngine(target, region, spec, background=background)
+        leaf = raw.clone().requires_grad_(True)
+        value = engine(to_physical(leaf, bounds=bounds, t0_s=t0, span_s=span))
+        value.backward()
+        return value.detach(), leaf.grad
+
+    (value, grad), (ref_value, ref_grad) = _both(monkeypatch, run)
+    assert value.item() == pytest.approx(ref_value.item(), rel=1e-5)
+    # bfloat16 gradients of the products (see the test above): the same direction, each field within 1 %.
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), ref_grad.flatten(), dim=0) > 0.9999
+    _assert_close(grad, ref_grad, rtol=1e-2)
+
+
+def test_without_a_compiler_the_engine_runs_on_pytorch(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # nothing built there yet
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    with caplog.at_level("WARNING", logger="splat.native"):
+        assert native.library() is None
+    assert "PyTorch alone" in caplog.text
+    assert not native.usable(torch.zeros(3))
+    assert list(tmp_path.iterdir()) == [tmp_path / "splat"]  # no half-built library left behind
+    assert list((tmp_path / "splat").iterdir()) == []
+
+
+def test_the_library_is_built_once_and_then_loaded(monkeypatch, tmp_path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert native.library() is not None
+    (built,) = (tmp_path / "splat").iterdir()
+    stamp = built.stat().st_mtime_ns
+    native.library.cache_clear()
+    assert native.library() is not None
+    assert [p.stat().st_mtime_ns for p in (tmp_path / "splat").iterdir()] == [stamp]
+
+
+def test_only_float32_cpu_tensors_take_the_kernels():
+    assert native.usable(torch.zeros(2))
+    assert not native.usable(torch.zeros(2, dtype=torch.float64))
+    assert not native.usable(torch.zeros(2), torch.zeros(2, dtype=torch.float64))
