@@ -1,28 +1,32 @@
-"""What one fast-engine step costs, eager and under `torch.compile`, and what bfloat16 would save.
+"""What one fast-engine step costs: native kernels, PyTorch alone (eager and `torch.compile`d), bfloat16.
 
     python benchmarks/step_options.py [--threads 2] [--repeats 8]
 
 The step is the speed benchmark's: `piano_steinway_real.wav` (2^15 samples), its
 64 starting atoms, forward and backward through the fast engine. It prints:
 
-- the eager step with all 64 atoms and with only the first 16 and 2 (what a
-  step costs whatever the atoms), and the tensor operations one step dispatches;
-- the eager step and the `torch.compile`d step, with the loss's frames every
-  n_fft / 4 (as fitted) and every n_fft / 2 (half the spectrogram cells: what
-  a coarser objective would save), and each compile's first-call time;
-  every step variant is timed in alternating batches (fastest batch of each);
-- the step's twelve matrix products (per resolution: the forward product and
-  its two backward products, all three branches at once) in float32 and in
+- the step as `splat fit` runs it (native kernels, `splat.native`), also with
+  only the first 16 and 2 atoms (what a step costs whatever the atoms);
+- the step with the kernels but float32 products (`SPLAT_BFLOAT16=0`, what runs
+  on a CPU without bfloat16 instructions);
+- the step on PyTorch alone (`SPLAT_NATIVE=0`, what runs without a C compiler),
+  eager and under `torch.compile` (and the compile's first-call time), and the
+  tensor operations one step dispatches either way;
+  every variant is timed in alternating batches (fastest batch of each);
+- the step's twelve matrix products (per resolution: the forward products and
+  their backward products, all three branches at once) in float32 and in
   bfloat16, on their own.
 
-Numbers only: nothing here is used by `splat`. Compare the ratios within a run.
+Numbers only. Compare the ratios within a run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,25 +34,23 @@ import soundfile as sf
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from splat import native
 from splat.engines import FastEngine, ModelSpec, Region
 from splat.fitting import FitConfig, _onset_windows, _tone_peak_db, initial_params
 from splat.params import FIELDS, AtomParams, Bounds, to_physical, to_raw
-from splat.spectral import Resolution
+from splat.runtime import tune_allocator
+from splat.spectral import resolutions_for
 
 CLIP = Path(__file__).resolve().parent.parent.parent / "shared" / "audio" / "piano_steinway_real.wav"
 N = 2**15
 
 
-def _step_problem(hops_per_fft: int = 4) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
-    """The loss as a function of the raw parameters, and the starting raw parameters.
-
-    Args:
-        hops_per_fft: n_fft / hop of every resolution (4 in a fit).
-    """
+def _step_problem() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:
+    """The loss as a function of the raw parameters, and the starting raw parameters."""
     audio, sr = sf.read(CLIP, dtype="float32")
     audio = audio[:N] / np.abs(audio[:N]).max()
     config = FitConfig()
-    resolutions = tuple(Resolution(n, n // hops_per_fft) for n in config.fft_sizes)
+    resolutions = resolutions_for(config.fft_sizes)
     spec = ModelSpec(sr, config.envelope, config.n_partials, resolutions, config.grid_step)
     region = Region(0, N, (0,), N)
     bounds = Bounds.for_sample_rate(sr)
@@ -64,6 +66,25 @@ def _step_problem(hops_per_fft: int = 4) -> tuple[Callable[[torch.Tensor], torch
         return engine(to_physical(raw_values, bounds=bounds, t0_s=t0, span_s=span))
 
     return loss, raw
+
+
+@contextlib.contextmanager
+def _environment(variables: dict[str, str]) -> Iterator[None]:
+    """Within the block, these environment variables are set (and `splat.native` reads them again)."""
+    os.environ.update(variables)
+    native.library.cache_clear()
+    native.bfloat16_products.cache_clear()
+    try:
+        yield
+    finally:
+        for name in variables:
+            del os.environ[name]
+        native.library.cache_clear()
+        native.bfloat16_products.cache_clear()
+
+
+PYTORCH_ONLY = {"SPLAT_NATIVE": "0"}
+FLOAT32_PRODUCTS = {"SPLAT_BFLOAT16": "0"}
 
 
 def _fastest(run: Callable[[], None], *, batch: int, repeats: int) -> float:
@@ -105,6 +126,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=8, help="timed batches of 20 calls per variant")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    tune_allocator()  # as `splat fit` does
 
     def step(fn: Callable[[torch.Tensor], torch.Tensor], raw: torch.Tensor) -> Callable[[], None]:
         def run() -> None:
@@ -113,24 +135,27 @@ def main() -> None:
 
         return run
 
-    problems = {hops: _step_problem(hops) for hops in (4, 2)}
-    loss, raw = problems[4]
-    steps = {(4, "eager"): step(loss, raw)}
+    loss, raw = _step_problem()
+    # Each variant: (step, the environment it runs in).
+    steps = {"native kernels (as fitted)": (step(loss, raw), {})}
     for n_atoms in (16, 2):
-        steps[4, f"eager, first {n_atoms} atoms"] = step(loss, raw[:, :n_atoms].detach().clone().requires_grad_(True))
-    n_ops = _count_operations(loss, raw)
-    compile_s = {}
-    for hops, (loss, raw) in problems.items():
+        first = raw[:, :n_atoms].detach().clone().requires_grad_(True)
+        steps[f"native kernels, first {n_atoms} atoms"] = (step(loss, first), {})
+    steps["native kernels, float32 products (SPLAT_BFLOAT16=0)"] = (step(loss, raw), FLOAT32_PRODUCTS)
+    steps["PyTorch alone, eager (SPLAT_NATIVE=0)"] = (step(loss, raw), PYTORCH_ONLY)
+    n_ops = {"native kernels": _count_operations(loss, raw)}
+    with _environment(PYTORCH_ONLY):
+        n_ops["PyTorch alone"] = _count_operations(loss, raw)
         compiled = torch.compile(loss, dynamic=False)
         start = time.perf_counter()
         step(compiled, raw)()
-        compile_s[hops] = time.perf_counter() - start
-        steps[hops, "compiled"] = step(compiled, raw)
-    steps[2, "eager"] = step(*problems[2])
+        compile_s = time.perf_counter() - start
+    steps[f"PyTorch alone, torch.compile (first call {compile_s:.0f} s)"] = (step(compiled, raw), PYTORCH_ONLY)
     step_s = dict.fromkeys(steps, float("inf"))
     for _ in range(args.repeats):  # alternate, so all see the same host load
-        for key, run in steps.items():
-            step_s[key] = min(step_s[key], _fastest(run, batch=20, repeats=1))
+        for key, (run, variables) in steps.items():
+            with _environment(variables):
+                step_s[key] = min(step_s[key], _fastest(run, batch=20, repeats=1))
 
     config = FitConfig()
     shapes = [(N // (n // 4), n // 2 + 1) for n in config.fft_sizes]  # (frames, bins) per resolution
@@ -147,17 +172,19 @@ def main() -> None:
         product_s[dtype] = _fastest(products, batch=20, repeats=args.repeats)
 
     print(f"torch {torch.__version__}, {args.threads} threads, 64 atoms x 2^15 samples\n")
-    print("| frames every | variant | ms per step | it/s |")
-    print("|---|---|---:|---:|")
-    for (hops, variant), seconds in step_s.items():
-        label = f"torch.compile (first call {compile_s[hops]:.0f} s)" if variant == "compiled" else variant
-        print(f"| n_fft / {hops} | {label} | {seconds * 1e3:.1f} | {1 / seconds:.0f} |")
-    forward, backward = n_ops
+    print("| variant | ms per step | it/s |")
+    print("|---|---:|---:|")
+    for variant, seconds in step_s.items():
+        print(f"| {variant} | {seconds * 1e3:.2f} | {1 / seconds:.0f} |")
+    print()
+    for variant, (forward, backward) in n_ops.items():
+        print(f"One step with {variant} dispatches {forward + backward} tensor operations ({forward} + {backward}).")
+    native_s = step_s["native kernels (as fitted)"]
     print(
-        f"\nOne eager step dispatches {forward + backward} tensor operations ({forward} forward, {backward} backward)."
+        f"\nPyTorch alone / native kernels: {step_s['PyTorch alone, eager (SPLAT_NATIVE=0)'] / native_s:.2f}x eager",
+        end="",
     )
-    for hops in (4, 2):
-        print(f"\nn_fft / {hops}: compiled / eager speed-up {step_s[hops, 'eager'] / step_s[hops, 'compiled']:.2f}x")
+    print(f", {min(v for k, v in step_s.items() if 'compile' in k) / native_s:.2f}x compiled")
     print()
     print("| the step's 12 products | ms |")
     print("|---|---:|")

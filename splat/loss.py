@@ -94,8 +94,8 @@ class _SpectralDistance(torch.autograd.Function):
         dL/dP = dL/dX dX/dP + dL/dZ^2,   dL/dN = a dL/dX dX/dP + b dL/dZ^2,
 
     each divided by the number of resolutions (the mean). All resolutions are one
-    autograd node, so the backward scales each gradient once, and not at all when
-    the distance is the objective itself (incoming gradient 1).
+    autograd node, so the backward scales each gradient once, and on the native
+    path not at all when the distance is the objective itself (incoming gradient 1).
 
     Inputs: the target, the number of resolutions n, then n model powers and n
     noise powers (each None or a tensor).
@@ -107,11 +107,13 @@ class _SpectralDistance(torch.autograd.Function):
         with_grad = any(ctx.needs_input_grad[2:])
         total: Tensor | float = 0.0
         grads = []
+        ctx.all_native = True
         for i, (power, noise) in enumerate(zip(powers, noises, strict=True)):
             if native.usable(power, target.magnitudes[i]) and (noise is None or native.usable(noise)):
                 value, grad = _native_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
             else:
                 value, grad = _torch_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
+                ctx.all_native = False
             total = total + value
             grads.append(grad)
         if with_grad:
@@ -122,7 +124,9 @@ class _SpectralDistance(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_value: Tensor) -> tuple[Tensor | None, ...]:
         grads = ctx.saved_tensors
-        if grad_value.item() != 1.0:
+        # Skipping the product by 1 needs the incoming gradient's value: free on the CPU (where the
+        # native kernels run), a device sync on a GPU, and a graph break under torch.compile.
+        if not (ctx.all_native and grad_value.item() == 1.0):
             grads = tuple(None if g is None else g * grad_value for g in grads)
         return (None, None, *grads)
 

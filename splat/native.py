@@ -10,7 +10,8 @@ loaded from there afterwards (~1 s the first time).
 Everything here is optional: without a C compiler, with `SPLAT_NATIVE=0` in the
 environment, or for tensors that are not float32 on the CPU, `usable` is False
 and callers run their PyTorch code, which is the reference the tests compare
-the kernels with (and the code that runs on CUDA).
+the kernels with (and the code that runs on CUDA). `SPLAT_BFLOAT16=0` keeps the
+kernels but the products in float32 (`bfloat16_products`).
 """
 
 from __future__ import annotations
@@ -67,14 +68,35 @@ SIGNATURES = {
 }
 
 
+def _cpuinfo() -> str:
+    """Linux's /proc/cpuinfo ('' elsewhere)."""
+    try:
+        return Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+
+
 def _cpu_fingerprint() -> str:
     """What -march=native compiles for: the CPU's model and flags where Linux tells them."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    lines = [line for line in text.splitlines() if line.startswith(("model name", "flags"))]
-    return "\n".join(sorted(set(lines)))
+    lines = [line for line in _cpuinfo().splitlines() if line.startswith(("model name", "flags"))]
+    return "\n".join(sorted(set(lines))) or platform.processor()
+
+
+def has_bfloat16_matmul(cpuinfo: str) -> bool:
+    """Whether a CPU with this /proc/cpuinfo multiplies bfloat16 in hardware (AVX512-BF16 or AMX)."""
+    flags = {word for line in cpuinfo.splitlines() if line.startswith("flags") for word in line.split()}
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def bfloat16_products() -> bool:
+    """Whether the fast engine's products run in bfloat16 here: with the kernels, on such a CPU,
+    unless `SPLAT_BFLOAT16=0` is in the environment.
+
+    Elsewhere bfloat16 products are emulated and slower than float32, so they stay float32.
+    """
+    wanted = os.environ.get("SPLAT_BFLOAT16", "1") != "0"
+    return wanted and library() is not None and has_bfloat16_matmul(_cpuinfo())
 
 
 def _cache_dir() -> Path:
@@ -113,8 +135,9 @@ def library() -> ctypes.CDLL | None:
         log.info("no C compiler found: the fast engine runs on PyTorch alone")
         return None
     key = hashlib.sha256(
-        "\n".join([SOURCE.read_text(), compiler, *COMPILE_FLAGS, *OPENMP_FLAGS, platform.machine(), _cpu_fingerprint()])
-        .encode()
+        "\n".join(
+            [SOURCE.read_text(), compiler, *COMPILE_FLAGS, *OPENMP_FLAGS, platform.machine(), _cpu_fingerprint()]
+        ).encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"kernels-{key}.so"
     try:

@@ -84,3 +84,28 @@ def clip(rng: np.random.Generator) -> np.ndarray:
     burst = slice(round(0.1 * SAMPLE_RATE), round(0.12 * SAMPLE_RATE))
     audio[burst] += 0.1 * rng.standard_normal(burst.stop - burst.start)
     return audio.astype(np.float32)
+
+
+def _native_settings(monkeypatch: pytest.MonkeyPatch, name: str):
+    """Sets environment variable `name` to 0 for the test, with `splat.native`'s lookups redone."""
+    from splat import native
+
+    monkeypatch.setenv(name, "0")
+    native.library.cache_clear()
+    native.bfloat16_products.cache_clear()
+    yield
+    monkeypatch.delenv(name)
+    native.library.cache_clear()
+    native.bfloat16_products.cache_clear()
+
+
+@pytest.fixture
+def pytorch_only(monkeypatch: pytest.MonkeyPatch):
+    """The fast engine without its native kernels (SPLAT_NATIVE=0): the code CUDA and compiler-less machines run."""
+    yield from _native_settings(monkeypatch, "SPLAT_NATIVE")
+
+
+@pytest.fixture
+def float32_products(monkeypatch: pytest.MonkeyPatch):
+    """The native kernels with float32 products (SPLAT_BFLOAT16=0), as on a CPU without bfloat16 instructions."""
+    yield from _native_settings(monkeypatch, "SPLAT_BFLOAT16")

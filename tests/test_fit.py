@@ -114,11 +114,15 @@ def test_sparsity_keeps_fewer_atoms():
 
 
 @pytest.mark.parametrize(
-    "changes",
-    [{"noise_floor": True, "greedy": 0.5}, {"engine": "reference", "noise_floor": True}],
-    ids=["fast", "reference"],
+    ("changes", "kernels"),
+    [
+        ({"noise_floor": True, "greedy": 0.5}, True),
+        ({"noise_floor": True, "greedy": 0.5}, False),
+        ({"engine": "reference", "noise_floor": True}, True),
+    ],
+    ids=["fast", "fast-pytorch-only", "reference"],
 )
-def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes):
+def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes, kernels, request):
     """What `--device cuda` needs, checked on the CPU: no tensor is made where or as torch's defaults say.
 
     With the default device set to "meta" (tensors without data), a tensor made
@@ -126,8 +130,11 @@ def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes):
     the first operation mixing it with the fit's CPU tensors fails, as a CPU
     tensor would next to CUDA ones; with the default dtype float64, one made
     without a dtype fails the float32 products, or changes the result. Two chunks,
-    a floor, the greedy loss, reseeds and prunes, and the final render all run.
+    a floor, the greedy loss, reseeds and prunes, and the final render all run,
+    with the native kernels and without them (the code a GPU runs).
     """
+    if not kernels:
+        request.getfixturevalue("pytorch_only")
     audio = _render([_tone(0.05, 300.0, -10, 7), _tone(0.3, 450.0, -12, 8)], 0.6)
     config = FitConfig(n_atoms=3, n_iters=5, segment_s=0.2, segments_per_chunk=2, **SMALL, **changes)
     expected = fit(audio, SR, config)
