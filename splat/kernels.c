@@ -11,38 +11,83 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef _OPENMP
 #include <omp.h>
 static inline int64_t thread_index(void) { return omp_get_thread_num(); }
+static inline int64_t thread_count(void) { return omp_get_num_threads(); }
 int64_t max_threads(void) { return omp_get_max_threads(); }
 #else
 static inline int64_t thread_index(void) { return 0; }
+static inline int64_t thread_count(void) { return 1; }
 int64_t max_threads(void) { return 1; }
 #endif
+
+/* This thread's share [lo, hi) of n items in a parallel region (contiguous blocks of 64). */
+static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
+    const int64_t blocks = (n + 63) / 64, count = thread_count(), index = thread_index();
+    const int64_t first = blocks * index / count, last = blocks * (index + 1) / count;
+    *lo = first * 64 < n ? first * 64 : n;
+    *hi = last * 64 < n ? last * 64 : n;
+}
+
+/* For loops specialised by literal flags at each call: the copy must be inlined to see them. */
+#define SPECIALISED static inline __attribute__((always_inline))
 
 /* Powers below this are treated as zero in recursions, so that long decays never
  * reach subnormal floats (each operation on one costs ~100 cycles). */
 #define TINY_POWER 1e-30
 
+/* bfloat16: the upper half of a float32; rounded to nearest even, as PyTorch rounds (finite values). */
+static inline float bf16_load(const uint16_t *p, int64_t i) {
+    const uint32_t bits = (uint32_t)p[i] << 16;
+    float f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
+}
+
+static inline uint16_t bf16_round(float f) {
+    uint32_t bits;
+    memcpy(&bits, &f, sizeof bits);
+    return (uint16_t)((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);
+}
+
+/* Element i of an array that holds float32 or (bf16 != 0) bfloat16 values. */
+SPECIALISED float load(const void *p, int64_t i, int bf16) {
+    return bf16 ? bf16_load((const uint16_t *)p, i) : ((const float *)p)[i];
+}
+
+SPECIALISED void store(void *p, int64_t i, float v, int bf16) {
+    if (bf16)
+        ((uint16_t *)p)[i] = bf16_round(v);
+    else
+        ((float *)p)[i] = v;
+}
+
 /* One resolution of splat.loss._SpectralDistance: returns
  *     ||X - Y|| / norm + mean |log Y - 0.5 log max(P + b N, floor)|,
  * X = sqrt(max(P + a N, floor)), and writes dL/dP and dL/dN times grad_scale.
  *
- * noise may be NULL (N = 0); grad_noise must always hold n floats (scratch if
- * noise is NULL). With grad_power NULL only the value is computed. */
-static inline double distance_pass(const float *restrict power, const float *restrict noise,
-                                   const float *restrict mag, const float *restrict logmag, int64_t n,
-                                   float floor_power, float a, float b, float *restrict scratch_sc,
-                                   float *restrict scratch_log, double *sum_log, const int has_noise,
-                                   const int with_grad) {
+ * power, noise and the two gradients are float32, or bfloat16 if bf16 != 0; noise may be
+ * NULL (N = 0), and so may grad_noise then. The float32 scratch arrays (n each) hold the
+ * per-cell parts of the gradient until the norm is known; with scratch_sc NULL only the
+ * value is computed. In float32 the gradients may be the scratch arrays themselves.
+ *
+ * Each thread runs its share of the cells through an inline loop whose flags are literal
+ * constants at the call, so that every combination gets its own vectorised copy (inside an
+ * OpenMP region a flag passed as a variable is no longer a constant, and the loop with a
+ * choice of load in it does not vectorise). */
+SPECIALISED void distance_cells(const void *power, const void *noise, const float *restrict mag,
+                                  const float *restrict logmag, int64_t lo, int64_t hi, float inv_n,
+                                  float floor_power, float a, float b, float *restrict scratch_sc,
+                                  float *restrict scratch_log, double *sums, const int has_noise,
+                                  const int with_grad, const int bf16) {
     double sum_sq = 0.0, sum_abs = 0.0;
-    const float inv_n = 1.0f / (float)n;
-#pragma omp parallel for simd schedule(static) reduction(+ : sum_sq, sum_abs)
-    for (int64_t i = 0; i < n; i++) {
-        const float p = power[i];
-        const float sc = has_noise ? p + a * noise[i] : p;
-        const float lp = has_noise ? p + b * noise[i] : p;
+#pragma omp simd reduction(+ : sum_sq, sum_abs)
+    for (int64_t i = lo; i < hi; i++) {
+        const float p = load(power, i, bf16), z = has_noise ? load(noise, i, bf16) : 0.0f;
+        const float sc = p + a * z, lp = p + b * z;
         const float model = sqrtf(fmaxf(sc, floor_power));
         const float diff = model - mag[i];
         const float lm = fmaxf(lp, floor_power);
@@ -55,35 +100,57 @@ static inline double distance_pass(const float *restrict power, const float *res
             scratch_log[i] = lp > floor_power ? -0.5f * sign * inv_n / lm : 0.0f;
         }
     }
-    *sum_log = sum_abs;
-    return sum_sq;
+    sums[0] = sum_sq, sums[1] = sum_abs;
 }
 
-double spectral_distance(const float *power, const float *noise, const float *mag, const float *logmag,
-                         float norm, int64_t n, float floor_power, float a, float b, float grad_scale,
-                         float *grad_power, float *grad_noise) {
-    double sum_abs, sum_sq;
-    const int with_grad = grad_power != 0;
-    if (noise)
-        sum_sq = distance_pass(power, noise, mag, logmag, n, floor_power, a, b, grad_power, grad_noise,
-                               &sum_abs, 1, with_grad);
-    else
-        sum_sq = distance_pass(power, noise, mag, logmag, n, floor_power, a, b, grad_power, grad_noise,
-                               &sum_abs, 0, with_grad);
+/* The gradients from the scratch: dL/dP = s sc + t log, dL/dN = a s sc + b t log. */
+SPECIALISED void distance_gradients(const float *scratch_sc, const float *scratch_log, int64_t lo, int64_t hi,
+                                      float s, float t, float a, float b, void *grad_power, void *grad_noise,
+                                      const int has_noise, const int bf16) {
+#pragma omp simd
+    for (int64_t i = lo; i < hi; i++) {
+        const float g_sc = s * scratch_sc[i], g_log = t * scratch_log[i];
+        if (has_noise) store(grad_noise, i, a * g_sc + b * g_log, bf16);
+        store(grad_power, i, g_sc + g_log, bf16);
+    }
+}
+
+double spectral_distance(const void *power, const void *noise, const float *mag, const float *logmag, float norm,
+                         int64_t n, float floor_power, float a, float b, float grad_scale, float *scratch_sc,
+                         float *scratch_log, void *grad_power, void *grad_noise, int bf16) {
+    const int with_grad = scratch_sc != 0;
+    const float inv_n = 1.0f / (float)n;
+    double sum_sq = 0.0, sum_abs = 0.0;
+#pragma omp parallel reduction(+ : sum_sq, sum_abs)
+    {
+        int64_t lo, hi;
+        thread_range(n, &lo, &hi);
+        double sums[2];
+#define CELLS(has_noise, grad, half)                                                                                 \
+    distance_cells(power, noise, mag, logmag, lo, hi, inv_n, floor_power, a, b, scratch_sc, scratch_log, sums,       \
+                   has_noise, grad, half)
+        if (noise)
+            with_grad ? (bf16 ? CELLS(1, 1, 1) : CELLS(1, 1, 0)) : (bf16 ? CELLS(1, 0, 1) : CELLS(1, 0, 0));
+        else
+            with_grad ? (bf16 ? CELLS(0, 1, 1) : CELLS(0, 1, 0)) : (bf16 ? CELLS(0, 0, 1) : CELLS(0, 0, 0));
+#undef CELLS
+        sum_sq += sums[0], sum_abs += sums[1];
+    }
     const double diff_norm = sqrt(sum_sq);
     if (with_grad) {
         /* dL/dX dX/dP = (X - Y) / (||X - Y|| norm) / (2 X); the scratch holds (X - Y) / X. */
-        const float s = (float)(0.5 * grad_scale / (fmax(diff_norm, 1e-30) * norm)), t = grad_scale;
-        if (noise) {
-#pragma omp parallel for simd schedule(static)
-            for (int64_t i = 0; i < n; i++) {
-                const float g_sc = s * grad_power[i], g_log = t * grad_noise[i];
-                grad_power[i] = g_sc + g_log;
-                grad_noise[i] = a * g_sc + b * g_log;
-            }
-        } else {
-#pragma omp parallel for simd schedule(static)
-            for (int64_t i = 0; i < n; i++) grad_power[i] = s * grad_power[i] + t * grad_noise[i];
+        const float s = (float)(0.5 * grad_scale / (fmax(diff_norm, 1e-30) * norm));
+#pragma omp parallel
+        {
+            int64_t lo, hi;
+            thread_range(n, &lo, &hi);
+#define GRADIENTS(has_noise, half)                                                                                   \
+    distance_gradients(scratch_sc, scratch_log, lo, hi, s, grad_scale, a, b, grad_power, grad_noise, has_noise, half)
+            if (noise)
+                bf16 ? GRADIENTS(1, 1) : GRADIENTS(1, 0);
+            else
+                bf16 ? GRADIENTS(0, 1) : GRADIENTS(0, 0);
+#undef GRADIENTS
         }
     }
     return diff_norm / norm + sum_abs / (double)n;

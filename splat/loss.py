@@ -109,7 +109,9 @@ class _SpectralDistance(torch.autograd.Function):
         grads = []
         ctx.all_native = True
         for i, (power, noise) in enumerate(zip(powers, noises, strict=True)):
-            if native.usable(power, target.magnitudes[i]) and (noise is None or native.usable(noise)):
+            if native.usable(power, *([] if noise is None else [noise]), bfloat16=True) and native.usable(
+                target.magnitudes[i]
+            ):
                 value, grad = _native_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
             else:
                 value, grad = _torch_distance(power, noise, target, i, with_grad=with_grad, scale=1.0 / n_res)
@@ -119,7 +121,8 @@ class _SpectralDistance(torch.autograd.Function):
         if with_grad:
             ctx.save_for_backward(*(g[0] for g in grads), *(g[1] if len(g) > 1 else None for g in grads))
         mean = total / n_res
-        return mean if isinstance(mean, Tensor) else torch.tensor(mean, dtype=powers[0].dtype, device=powers[0].device)
+        magnitude = target.magnitudes[0]  # the value in the target's precision, whatever the model's
+        return mean if isinstance(mean, Tensor) else torch.tensor(mean, dtype=magnitude.dtype, device=magnitude.device)
 
     @staticmethod
     def backward(ctx, grad_value: Tensor) -> tuple[Tensor | None, ...]:
@@ -162,24 +165,41 @@ def _torch_distance(
 def _native_distance(
     power: Tensor, noise: Tensor | None, target: SpectralTarget, i: int, *, with_grad: bool, scale: float
 ) -> tuple[float, tuple[Tensor, ...]]:
-    """`_torch_distance` in one native pass (`splat.native`); the value as a float."""
-    power, mag, log = power.contiguous(), target.magnitudes[i], target.logs[i]
+    """`_torch_distance` in one native pass (`splat.native`); the value as a float.
+
+    The model's powers may be bfloat16 (the fast engine's products, `spectral._BFloat16Products`);
+    their gradients then are too, and everything else is float32.
+    """
+    if noise is not None and noise.dtype != power.dtype:  # one precision for both (a floor widens the noise)
+        power, noise = power.float(), noise.float()
+    power = power.contiguous()
     noise = None if noise is None else noise.contiguous()
-    grad_power = torch.empty_like(power) if with_grad else None
-    grad_noise = torch.empty_like(power) if with_grad else None  # scratch when noise is None
+    half = power.dtype == torch.bfloat16
+    scratch = [torch.empty(power.shape, dtype=torch.float32, device=power.device) for _ in range(2)]
+    if not with_grad:
+        grads: tuple[Tensor | None, ...] = (None, None)
+    elif half:
+        grads = (torch.empty_like(power), None if noise is None else torch.empty_like(noise))
+    else:  # the gradients overwrite the scratch they are made from
+        grads = (scratch[0], None if noise is None else scratch[1])
     value = native.library().spectral_distance(
-        *map(native.ptr, (power, noise, mag, log)),
+        native.data(power),
+        native.data(noise),
+        native.ptr(target.magnitudes[i]),
+        native.ptr(target.logs[i]),
         target.norm_values[i],
         power.numel(),
         POWER_FLOOR,
         NOISE_MEAN_MAGNITUDE_SQUARED,
         NOISE_MEDIAN_POWER,
         scale,
-        native.ptr(grad_power),
-        native.ptr(grad_noise),
+        *(native.ptr(t) if with_grad else None for t in scratch),
+        *map(native.data, grads),
+        int(half),
     )
-    grads = (grad_power,) if noise is None else (grad_power, grad_noise)
-    return value, grads if with_grad else ()
+    if not with_grad:
+        return value, ()
+    return value, grads[:1] if noise is None else grads
 
 
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:

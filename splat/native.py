@@ -48,9 +48,13 @@ _F = ctypes.POINTER(ctypes.c_float)
 _FF = ctypes.POINTER(_F)
 _I = ctypes.c_int64
 _II = ctypes.POINTER(ctypes.c_int64)
+_V = ctypes.c_void_p
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
-    "spectral_distance": (ctypes.c_double, [_F, _F, _F, _F, ctypes.c_float, _I] + [ctypes.c_float] * 4 + [_F, _F]),
+    "spectral_distance": (
+        ctypes.c_double,
+        [_V, _V, _F, _F, ctypes.c_float, _I] + [ctypes.c_float] * 4 + [_F, _F, _V, _V, ctypes.c_int],
+    ),
     "decayed_sum": (None, [_F, _F, _I, _I, _F]),
     "decayed_sum_backward": (None, [_F, _F, _F, _I, _I, _F, _F]),
     "frame_powers": (None, [_F, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _FF]),
@@ -155,9 +159,10 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def usable(*tensors: Tensor) -> bool:
-    """Whether the kernels can take these tensors (float32 on the CPU) and are available."""
-    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors) and library() is not None
+def usable(*tensors: Tensor, bfloat16: bool = False) -> bool:
+    """Whether the kernels can take these tensors (float32, or also bfloat16 if allowed, on the CPU)."""
+    dtypes = (torch.float32, torch.bfloat16) if bfloat16 else (torch.float32,)
+    return all(t.device.type == "cpu" and t.dtype in dtypes for t in tensors) and library() is not None
 
 
 def ptr(t: Tensor | None) -> ctypes.Array | None:
@@ -166,6 +171,14 @@ def ptr(t: Tensor | None) -> ctypes.Array | None:
         return None
     assert t.is_contiguous() and t.dtype == torch.float32, (t.shape, t.stride(), t.dtype)
     return ctypes.cast(t.data_ptr(), _F)
+
+
+def data(t: Tensor | None) -> int | None:
+    """A contiguous float32 or bfloat16 tensor's data address, for a kernel that takes either (None for None)."""
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype in (torch.float32, torch.bfloat16), (t.shape, t.stride(), t.dtype)
+    return t.data_ptr()
 
 
 def ptrs(tensors: list[Tensor]) -> ctypes.Array:

@@ -578,7 +578,9 @@ class _BFloat16Products(torch.autograd.Function):
 
     Inputs: frames (segments, frames, 3 atoms), noise spectra (segments, atoms, bins) and
     resonance spectra (segments, 2 atoms, bins), all float32. Returns the noise's and the
-    partials' expected power, each (segments, frames, bins), float32.
+    partials' expected power, each (segments, frames, bins), in bfloat16 as the products
+    leave them: the loss's kernel reads them so (and writes their gradients so), and
+    whatever else combines them (placing windows, adding a floor) widens them first.
     """
 
     @staticmethod
@@ -586,13 +588,12 @@ class _BFloat16Products(torch.autograd.Function):
         frames, noise, tonal = frames.bfloat16(), noise.bfloat16(), tonal.bfloat16()
         n_atoms = noise.shape[1]
         ctx.save_for_backward(frames, noise, tonal)
-        return torch.bmm(frames[..., :n_atoms], noise).float(), torch.bmm(frames[..., n_atoms:], tonal).float()
+        return torch.bmm(frames[..., :n_atoms], noise), torch.bmm(frames[..., n_atoms:], tonal)
 
     @staticmethod
     def backward(ctx, grad_noisy: Tensor, grad_tonal: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         frames, noise, tonal = ctx.saved_tensors
         n_atoms = noise.shape[1]
-        grad_noisy, grad_tonal = grad_noisy.bfloat16(), grad_tonal.bfloat16()
         grad_frames = torch.cat([torch.bmm(grad_noisy, noise.mT), torch.bmm(grad_tonal, tonal.mT)], dim=-1)
         grad_noise = torch.bmm(frames[..., :n_atoms].mT, grad_noisy)
         grad_tonal_spectra = torch.bmm(frames[..., n_atoms:].mT, grad_tonal)
@@ -625,7 +626,8 @@ class SplitPower:
         return SplitPower(fn(self.tonal), fn(self.noise))
 
     def __add__(self, other: SplitPower) -> SplitPower:
-        return SplitPower(self.tonal + other.tonal, self.noise + other.noise)
+        """The sum, in float32 (bfloat16 products are widened rather than rounded again)."""
+        return SplitPower(self.tonal.float() + other.tonal, self.noise.float() + other.noise)
 
 
 def expected_power(
@@ -672,6 +674,6 @@ def expected_power(
             tonal = torch.bmm(tonal_frames, tonal_spectra[i])
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
-            noisy = torch.baddbmm(noisy, floor_at[i], spectrum.unsqueeze(1))
+            noisy = torch.baddbmm(noisy.float(), floor_at[i], spectrum.unsqueeze(1))
         out.append(SplitPower(tonal, noisy))
     return out
