@@ -175,7 +175,7 @@ def _native_distance(
     power = power.contiguous()
     noise = None if noise is None else noise.contiguous()
     half = power.dtype == torch.bfloat16
-    scratch = [torch.empty(power.shape, dtype=torch.float32, device=power.device) for _ in range(2)]
+    scratch = [torch.empty(power.shape, dtype=torch.float32, device=power.device) for _ in range(2 * with_grad)]
     if not with_grad:
         grads: tuple[Tensor | None, ...] = (None, None)
     elif half:
@@ -193,7 +193,7 @@ def _native_distance(
         NOISE_MEAN_MAGNITUDE_SQUARED,
         NOISE_MEDIAN_POWER,
         scale,
-        *(native.ptr(t) if with_grad else None for t in scratch),
+        *(map(native.ptr, scratch) if with_grad else (None, None)),
         *map(native.data, grads),
         int(half),
     )

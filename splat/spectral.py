@@ -22,9 +22,9 @@ product:
 
 On the CPU in float32 each of these steps (and the loss, `splat.loss`) is one
 native loop with its gradient written out (`splat.native`, `kernels.c`), and on
-CPUs that multiply bfloat16 in hardware the products run in bfloat16 with float32
-sums (`_BFloat16Products`); the PyTorch code
-below is the reference the tests hold them to, and what runs elsewhere.
+CPUs that multiply bfloat16 in hardware the products run in bfloat16 with
+float32 sums (`_BFloat16Products`); the PyTorch code below is the reference the
+tests hold them to, and what runs elsewhere.
 
 The partials' and the noise's powers are kept apart (`SplitPower`): a render
 has the partials' power in each cell but only a random draw about the noise's
