@@ -5,9 +5,10 @@
  * is that of the PyTorch functions named in each comment, which stay the
  * reference (tests compare both) and the path on other devices.
  *
- * Arrays are C-contiguous float32; sizes are int64. No allocation and no state: the
- * caller owns every buffer. Loops over atoms (or cells) run on OpenMP threads where the
- * library is built with it, on PyTorch's own OpenMP runtime (see splat/native.py).
+ * Arrays are C-contiguous float32 (some also bfloat16, as uint16, where a flag says);
+ * sizes are int64. No allocation and no state: the caller owns every buffer, scratch
+ * included. Loops over atoms (or cells) run on OpenMP threads where the library is
+ * built with it, on PyTorch's own OpenMP runtime (see splat/native.py).
  */
 #include <math.h>
 #include <stdint.h>
@@ -63,6 +64,12 @@ SPECIALISED void store(void *p, int64_t i, float v, int bf16) {
         ((uint16_t *)p)[i] = bf16_round(v);
     else
         ((float *)p)[i] = v;
+}
+
+/* A row of float32 sums into out's precision. */
+SPECIALISED void store_row(const float *sums, int64_t n, void *out, const int bf16) {
+#pragma omp simd
+    for (int64_t b = 0; b < n; b++) store(out, b, sums[b], bf16);
 }
 
 /* One resolution of splat.loss._SpectralDistance: returns
@@ -204,32 +211,43 @@ void decayed_sum_backward(const float *grad, const float *log_q, const float *r,
  * along them, 16 at a time), for every resolution r: for each of `batch` grids of shape
  * (cells, rows),
  *     out[r][m, row] = sum_j kernel[r][j] p[(first[r] + m) stride[r] + j, row],
- * out[r] of shape (batch, frames[r], rows). */
+ * out[r] of shape (batch, frames[r], rows), float32 or (bf16) bfloat16, then summed in scratch
+ * (rows floats per thread) and rounded. */
 void frame_powers(const float *powers, int64_t batch, int64_t cells, int64_t rows, const float **kernel,
                   const int64_t *stride, const int64_t *first, const int64_t *frames, const int64_t *taps,
-                  int64_t n_res, float **out) {
+                  int64_t n_res, void **out, int bf16, float *scratch) {
     for (int64_t res = 0; res < n_res; res++) {
 #pragma omp parallel for collapse(2) schedule(static)
         for (int64_t b = 0; b < batch; b++) {
             for (int64_t m = 0; m < frames[res]; m++) {
                 const float *p = powers + b * cells * rows;
-                float *o = out[res] + (b * frames[res] + m) * rows;
-                for (int64_t r = 0; r < rows; r++) o[r] = 0.0f;
+                char *o = (char *)out[res] + (b * frames[res] + m) * rows * (bf16 ? 2 : 4);
+                /* Sums in float32: in place, or (for bfloat16) in this thread's scratch row, stored after. */
+                float *sums = bf16 ? scratch + rows * thread_index() : (float *)o;
+                for (int64_t r = 0; r < rows; r++) sums[r] = 0.0f;
                 for (int64_t j = 0; j < taps[res]; j++) {
                     const float k = kernel[res][j];
                     const float *at = p + ((first[res] + m) * stride[res] + j) * rows;
 #pragma omp simd
-                    for (int64_t r = 0; r < rows; r++) o[r] += k * at[r];
+                    for (int64_t r = 0; r < rows; r++) sums[r] += k * at[r];
                 }
+                if (bf16) store_row(sums, rows, o, 1);
             }
         }
     }
 }
 
-/* Its gradient, summed over the resolutions: each cell gathers the frames that cover it. */
-void frame_powers_backward(const float **grad, int64_t batch, int64_t cells, int64_t rows, const float **kernel,
+/* out[r] += k g[r] for a row g of float32 or bfloat16 values. */
+SPECIALISED void add_scaled(float *out, float k, const void *g, int64_t n, const int bf16) {
+#pragma omp simd
+    for (int64_t r = 0; r < n; r++) out[r] += k * load(g, r, bf16);
+}
+
+/* Its gradient, summed over the resolutions: each cell gathers the frames that cover it. The
+ * gradients are in the frames' precision. */
+void frame_powers_backward(const void **grad, int64_t batch, int64_t cells, int64_t rows, const float **kernel,
                            const int64_t *stride, const int64_t *first, const int64_t *frames,
-                           const int64_t *taps, int64_t n_res, float *grad_powers) {
+                           const int64_t *taps, int64_t n_res, float *grad_powers, int bf16) {
 #pragma omp parallel for collapse(2) schedule(static)
     for (int64_t b = 0; b < batch; b++) {
         for (int64_t c = 0; c < cells; c++) {
@@ -244,9 +262,11 @@ void frame_powers_backward(const float **grad, int64_t batch, int64_t cells, int
                 hi = hi < frames[res] - 1 ? hi : frames[res] - 1;
                 for (int64_t m = lo; m <= hi; m++) {
                     const float k = kernel[res][c - origin - m * s];
-                    const float *g = grad[res] + (b * frames[res] + m) * rows;
-#pragma omp simd
-                    for (int64_t r = 0; r < rows; r++) gp[r] += k * g[r];
+                    const char *g = (const char *)grad[res] + (b * frames[res] + m) * rows * (bf16 ? 2 : 4);
+                    if (bf16)
+                        add_scaled(gp, k, g, rows, 1);
+                    else
+                        add_scaled(gp, k, g, rows, 0);
                 }
             }
         }
@@ -439,7 +459,7 @@ void branch_powers_backward(const float *grad, const float *fields, const float 
  *     share[f] = exp(-((f - c) / sigma_r)^2 / 2) / T_r,
  *     T_r = sigma_r sqrt(2 pi) / h_r max(I_r, 1e-6),
  *     I_r = (erf((nyquist - c) / (sqrt 2 sigma_r)) + erf(c / (sqrt 2 sigma_r))) / 2.
- * out[r]: (atoms, bins[r]). */
+ * out[r]: (atoms, bins[r]), float32 or (bf16) bfloat16. */
 #define SQRT_2 1.4142135623730951
 #define SQRT_2PI 2.5066282746310002
 #define FWHM_PER_SIGMA 2.3548200450309493
@@ -461,27 +481,49 @@ static Band band_constants(float centre, float bandwidth, float bin_hz, float ke
     return b;
 }
 
+/* One band's shares at one resolution, into o (float32, or bfloat16 if bf16). */
+SPECIALISED void band_shares(float c, float inv_sigma, float inv_total, float h, int64_t n, void *o, const int bf16) {
+#pragma omp simd
+    for (int64_t f = 0; f < n; f++) {
+        const float z = ((float)f * h - c) * inv_sigma;
+        store(o, f, expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total, bf16);
+    }
+}
+
 void noise_spectra(const float *centre_hz, const float *bandwidth_hz, int64_t n_atoms, const float *bin_hz,
-                   const int64_t *n_bins, int64_t n_res, float kernel_sigma, float nyquist, float **out) {
+                   const int64_t *n_bins, int64_t n_res, float kernel_sigma, float nyquist, void **out, int bf16) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         for (int64_t r = 0; r < n_res; r++) {
             const Band b = band_constants(centre_hz[i], bandwidth_hz[i], bin_hz[r], kernel_sigma, nyquist);
             const float inv_sigma = 1.0f / b.sigma, inv_total = 1.0f / b.total, c = centre_hz[i], h = bin_hz[r];
-            float *o = out[r] + i * n_bins[r];
-#pragma omp simd
-            for (int64_t f = 0; f < n_bins[r]; f++) {
-                const float z = ((float)f * h - c) * inv_sigma;
-                o[f] = expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total;
-            }
+            void *o = (char *)out[r] + i * n_bins[r] * (bf16 ? 2 : 4);
+            if (bf16)
+                band_shares(c, inv_sigma, inv_total, h, n_bins[r], o, 1);
+            else
+                band_shares(c, inv_sigma, inv_total, h, n_bins[r], o, 0);
         }
     }
 }
 
-/* Its gradient: grads[r] of shape (atoms, bins[r]) -> grad_centre, grad_bandwidth (atoms). */
-void noise_spectra_backward(const float **grads, const float *centre_hz, const float *bandwidth_hz, int64_t n_atoms,
+/* Sums over one band's bins of g s, g s z and g s z^2 (s the share, z = (f - c) / sigma). */
+SPECIALISED void band_sums(const void *g, float c, float inv_sigma, float inv_total, float h, int64_t n, float *sums,
+                           const int bf16) {
+    float gs = 0.0f, gsz = 0.0f, gsz2 = 0.0f;
+#pragma omp simd reduction(+ : gs, gsz, gsz2)
+    for (int64_t f = 0; f < n; f++) {
+        const float z = ((float)f * h - c) * inv_sigma;
+        const float w = load(g, f, bf16) * expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total;
+        gs += w, gsz += w * z, gsz2 += w * z * z;
+    }
+    sums[0] = gs, sums[1] = gsz, sums[2] = gsz2;
+}
+
+/* Its gradient: grads[r] of shape (atoms, bins[r]), in the outputs' precision -> grad_centre,
+ * grad_bandwidth (atoms). */
+void noise_spectra_backward(const void **grads, const float *centre_hz, const float *bandwidth_hz, int64_t n_atoms,
                             const float *bin_hz, const int64_t *n_bins, int64_t n_res, float kernel_sigma,
-                            float nyquist, float *grad_centre, float *grad_bandwidth) {
+                            float nyquist, float *grad_centre, float *grad_bandwidth, int bf16) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         grad_centre[i] = grad_bandwidth[i] = 0.0f;
@@ -489,15 +531,13 @@ void noise_spectra_backward(const float **grads, const float *centre_hz, const f
             const float c = centre_hz[i], h = bin_hz[r];
             const Band b = band_constants(c, bandwidth_hz[i], h, kernel_sigma, nyquist);
             const float inv_sigma = 1.0f / b.sigma, inv_total = 1.0f / b.total;
-            const float *g = grads[r] + i * n_bins[r];
-            /* Sums over the bins of g s, g s z and g s z^2 (s the share, z = (f - c) / sigma). */
-            float gs = 0.0f, gsz = 0.0f, gsz2 = 0.0f;
-#pragma omp simd reduction(+ : gs, gsz, gsz2)
-            for (int64_t f = 0; f < n_bins[r]; f++) {
-                const float z = ((float)f * h - c) * inv_sigma;
-                const float w = g[f] * expf(fmaxf(-0.5f * z * z, EXP_FLOOR)) * inv_total;
-                gs += w, gsz += w * z, gsz2 += w * z * z;
-            }
+            const void *g = (const char *)grads[r] + i * n_bins[r] * (bf16 ? 2 : 4);
+            float sums[3];
+            if (bf16)
+                band_sums(g, c, inv_sigma, inv_total, h, n_bins[r], sums, 1);
+            else
+                band_sums(g, c, inv_sigma, inv_total, h, n_bins[r], sums, 0);
+            const float gs = sums[0], gsz = sums[1], gsz2 = sums[2];
             /* share = exp(-z^2 / 2) / T: d/dc at fixed sigma and T, then through T (sigma, I). */
             const float d_total = -gs / b.total;
             float d_centre = gsz * inv_sigma, d_sigma = gsz2 * inv_sigma + d_total * b.total * inv_sigma;
@@ -523,7 +563,9 @@ void noise_spectra_backward(const float **grads, const float *centre_hz, const f
  * and part p's weight w_pk = rho_p^(k - 1) g_k / sum_j rho_p^(j - 1) g_j (splat.dsp.partial_weights),
  * the 2 reach bins around f_k / h_r get w_pk times the Hann power kernel
  * (splat.dsp.hann_power_taps); splats off either end of the bins are dropped.
- * out[r]: (segments, 2 per_segment, n_bins[r]): each segment's bodies, then its short parts. */
+ * out[r]: (segments, 2 per_segment, n_bins[r]): each segment's bodies, then its short parts; float32,
+ * or bfloat16 (bf16), then summed in scratch (2 x scratch_bins floats per thread, scratch_bins >= every
+ * n_bins[r]) and rounded. */
 enum { PARTIAL_F0, PARTIAL_INHARMONICITY, PARTIAL_ROLLOFF, PARTIAL_SHORT_ROLLOFF, PARTIAL_FORMANT_HZ,
        PARTIAL_FORMANT_DB, PARTIAL_FIELDS };
 
@@ -608,35 +650,41 @@ static inline int64_t part_row(int64_t i, int64_t per_segment, int part) {
 
 void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment, int64_t n_partials,
                        float nyquist, const float *bin_hz, const int64_t *n_bins, int64_t n_res, int64_t reach,
-                       float **out) {
+                       void **out, int bf16, float *scratch, int64_t scratch_bins) {
+    const int64_t size = bf16 ? 2 : 4;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
         Taps taps;
         partials(fields, n_atoms, i, n_partials, nyquist, &p);
         for (int64_t r = 0; r < n_res; r++) {
-            float *rows[2] = {out[r] + part_row(i, per_segment, 0) * n_bins[r],
-                              out[r] + part_row(i, per_segment, 1) * n_bins[r]};
+            char *row[2] = {(char *)out[r] + part_row(i, per_segment, 0) * n_bins[r] * size,
+                            (char *)out[r] + part_row(i, per_segment, 1) * n_bins[r] * size};
+            /* Sums in float32: in place, or (for bfloat16) in this thread's scratch, stored after. */
+            float *own = scratch + 2 * scratch_bins * thread_index();
+            float *sums[2] = {bf16 ? own : (float *)row[0], bf16 ? own + scratch_bins : (float *)row[1]};
             for (int part = 0; part < 2; part++)
-                for (int64_t b = 0; b < n_bins[r]; b++) rows[part][b] = 0.0f;
+                for (int64_t b = 0; b < n_bins[r]; b++) sums[part][b] = 0.0f;
             hann_taps(p.freq, p.n_active, bin_hz[r], reach, 0, &taps);
             for (int64_t j = 0; j < p.n_active; j++) {
                 for (int64_t t = 0; t < 2 * reach; t++) {
                     const int64_t bin = taps.first[j] + t;
                     if (bin < 0 || bin >= n_bins[r]) continue;
                     const float share = hann_share(&taps, j, t, reach, 0);
-                    rows[0][bin] += share * p.weight[0][j];
-                    rows[1][bin] += share * p.weight[1][j];
+                    sums[0][bin] += share * p.weight[0][j];
+                    sums[1][bin] += share * p.weight[1][j];
                 }
             }
+            if (bf16)
+                for (int part = 0; part < 2; part++) store_row(sums[part], n_bins[r], row[part], 1);
         }
     }
 }
 
-/* Its gradient: grads laid out as out -> grad_fields (PARTIAL_FIELDS, atoms). */
-void resonance_spectra_backward(const float **grads, const float *fields, int64_t n_atoms,
-                                int64_t per_segment, int64_t n_partials, float nyquist, const float *bin_hz, const int64_t *n_bins, int64_t n_res,
-                                int64_t reach, float *grad_fields) {
+/* Its gradient: grads laid out as out, in its precision -> grad_fields (PARTIAL_FIELDS, atoms). */
+void resonance_spectra_backward(const void **grads, const float *fields, int64_t n_atoms, int64_t per_segment,
+                                int64_t n_partials, float nyquist, const float *bin_hz, const int64_t *n_bins,
+                                int64_t n_res, int64_t reach, float *grad_fields, int bf16) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
@@ -645,8 +693,7 @@ void resonance_spectra_backward(const float **grads, const float *fields, int64_
         partials(fields, n_atoms, i, n_partials, nyquist, &p);
         for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = d_gain[j] = 0.0f;
         for (int64_t r = 0; r < n_res; r++) {
-            const float *rows[2] = {grads[r] + part_row(i, per_segment, 0) * n_bins[r],
-                                    grads[r] + part_row(i, per_segment, 1) * n_bins[r]};
+            const int64_t rows[2] = {part_row(i, per_segment, 0) * n_bins[r], part_row(i, per_segment, 1) * n_bins[r]};
             hann_taps(p.freq, p.n_active, bin_hz[r], reach, 1, &taps);
             for (int64_t j = 0; j < p.n_active; j++) {
                 float d_pos = 0.0f;
@@ -655,7 +702,7 @@ void resonance_spectra_backward(const float **grads, const float *fields, int64_
                     if (bin < 0 || bin >= n_bins[r]) continue;
                     float slope;
                     const float share = hann_share(&taps, j, t, reach, &slope);
-                    const float g0 = rows[0][bin], g1 = rows[1][bin];
+                    const float g0 = load(grads[r], rows[0] + bin, bf16), g1 = load(grads[r], rows[1] + bin, bf16);
                     d_weight[0][j] += g0 * share, d_weight[1][j] += g1 * share;
                     d_pos += (g0 * p.weight[0][j] + g1 * p.weight[1][j]) * slope;
                 }

@@ -49,6 +49,7 @@ _FF = ctypes.POINTER(_F)
 _I = ctypes.c_int64
 _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
+_VV = ctypes.POINTER(ctypes.c_void_p)
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (
@@ -57,18 +58,24 @@ SIGNATURES = {
     ),
     "decayed_sum": (None, [_F, _F, _I, _I, _F]),
     "decayed_sum_backward": (None, [_F, _F, _F, _I, _I, _F, _F]),
-    "frame_powers": (None, [_F, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _FF]),
-    "frame_powers_backward": (None, [_FF, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _F]),
+    "frame_powers": (None, [_F, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _VV, ctypes.c_int, _F]),
+    "frame_powers_backward": (None, [_VV, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _F, ctypes.c_int]),
     "branch_powers": (None, [_F, _F, _F, _I, _I, _I, ctypes.c_float, ctypes.c_float, ctypes.c_int, _F, _F]),
     "branch_powers_backward": (
         None,
         [_F, _F, _F, _F, _F, _I, _I, _I, ctypes.c_float, ctypes.c_float, ctypes.c_int, _F, _F],
     ),
-    "noise_spectra": (None, [_F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _FF]),
-    "noise_spectra_backward": (None, [_FF, _F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _F, _F]),
+    "noise_spectra": (None, [_F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _VV, ctypes.c_int]),
+    "noise_spectra_backward": (
+        None,
+        [_VV, _F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _F, _F, ctypes.c_int],
+    ),
     "max_threads": (_I, []),
-    "resonance_spectra": (None, [_F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _FF]),
-    "resonance_spectra_backward": (None, [_FF, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F]),
+    "resonance_spectra": (None, [_F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I]),
+    "resonance_spectra_backward": (
+        None,
+        [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F, ctypes.c_int],
+    ),
 }
 
 
@@ -179,6 +186,11 @@ def data(t: Tensor | None) -> int | None:
         return None
     assert t.is_contiguous() and t.dtype in (torch.float32, torch.bfloat16), (t.shape, t.stride(), t.dtype)
     return t.data_ptr()
+
+
+def datas(tensors: list[Tensor]) -> ctypes.Array:
+    """An array of the data addresses of contiguous float32 or bfloat16 tensors."""
+    return (ctypes.c_void_p * len(tensors))(*map(data, tensors))
 
 
 def ptrs(tensors: list[Tensor]) -> ctypes.Array:

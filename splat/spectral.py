@@ -163,18 +163,21 @@ class Plan:
         res, grid = self.resolutions[i], self.grid
         return res.hop // grid.step, (grid.pad - res.n_fft // 2) // res.hop, grid.n_window // res.hop
 
-    def frame_powers(self, powers: Tensor) -> list[Tensor]:
+    def frame_powers(self, powers: Tensor, *, dtype: torch.dtype | None = None) -> list[Tensor]:
         """Window-weighted power N / 2 * sum_t w^2(t - t_m) p(t) of frames centred every hop in the window.
 
         Args:
             powers: Branch power on the grid, shape (segments, branches, n_cells).
+            dtype: Precision of the result (default: that of `powers`); the native
+                kernel sums in float32 and rounds once.
 
         Returns:
             Per resolution, shape (segments, n_window / hop, branches): frames
             first, as the products of `expected_power` take them.
         """
+        dtype = dtype or powers.dtype
         if native.usable(powers):
-            return list(_NativeFramePowers.apply(powers, self))
+            return list(_NativeFramePowers.apply(powers, self, dtype))
         out = []
         rows = powers.reshape(1, -1, powers.shape[-1])
         for i, kernel in enumerate(self.time_kernels):
@@ -184,7 +187,7 @@ class Plan:
             weight = kernel.reshape(1, 1, -1).expand(rows.shape[1], 1, -1)
             frames = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
             out.append(frames[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames).transpose(1, 2))
-        return out
+        return [frames.to(dtype) for frames in out]
 
 
 class _NativeFramePowers(torch.autograd.Function):
@@ -195,13 +198,15 @@ class _NativeFramePowers(torch.autograd.Function):
     frames of every resolution that cover it, into one grid."""
 
     @staticmethod
-    def forward(ctx, powers: Tensor, plan: Plan) -> tuple[Tensor, ...]:
+    def forward(ctx, powers: Tensor, plan: Plan, dtype: torch.dtype) -> tuple[Tensor, ...]:
         batch, n_rows, n_cells = powers.shape
         grid = powers.transpose(1, 2).contiguous()  # (segments, cells, branches)
         layouts = [plan.frame_layout(i) for i in range(len(plan.resolutions))]
         for (stride, first, n_frames), kernel in zip(layouts, plan.time_kernels, strict=True):
             assert (first + n_frames - 1) * stride + kernel.numel() <= n_cells, "frames past the grid"
-        out = [grid.new_empty(batch, n_frames, n_rows) for _, _, n_frames in layouts]
+        out = [grid.new_empty(batch, n_frames, n_rows, dtype=dtype) for _, _, n_frames in layouts]
+        half = int(dtype == torch.bfloat16)
+        scratch = grid.new_empty(native.library().max_threads() * n_rows * half)
         ctx.settings = (
             batch,
             n_cells,
@@ -211,17 +216,17 @@ class _NativeFramePowers(torch.autograd.Function):
             native.int64s([k.numel() for k in plan.time_kernels]),
             len(layouts),
         )
-        ctx.keep = plan.time_kernels  # the kernels the pointers point to
-        native.library().frame_powers(native.ptr(grid), *ctx.settings, native.ptrs(out))
+        ctx.keep, ctx.half = plan.time_kernels, half  # the kernels the pointers point to
+        native.library().frame_powers(native.ptr(grid), *ctx.settings, native.datas(out), half, native.ptr(scratch))
         return tuple(out)
 
     @staticmethod
     def backward(ctx, *grads: Tensor) -> tuple[Tensor | None, ...]:
         batch, n_cells, n_rows = ctx.settings[:3]
         grads = [g.contiguous() for g in grads]
-        grad_grid = grads[0].new_empty(batch, n_cells, n_rows)
-        native.library().frame_powers_backward(native.ptrs(grads), *ctx.settings, native.ptr(grad_grid))
-        return grad_grid.transpose(1, 2), None
+        grad_grid = grads[0].new_empty(batch, n_cells, n_rows, dtype=torch.float32)
+        native.library().frame_powers_backward(native.datas(grads), *ctx.settings, native.ptr(grad_grid), ctx.half)
+        return grad_grid.transpose(1, 2), None, None
 
 
 def branch_powers(
@@ -309,7 +314,7 @@ class _NativeBranchPowers(torch.autograd.Function):
         return grad_fields, None, None, None, None, None
 
 
-def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
+def noise_spectra(params: AtomParams, plan: Plan, *, dtype: torch.dtype | None = None) -> list[Tensor]:
     """Share of each noise branch's power per bin, every resolution's bins summing to ~1.
 
     The band is gaussian; the window blurs it by its own spectral spread and the
@@ -320,8 +325,9 @@ def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
     Returns:
         Per resolution, shape (segments, atoms, n_fft / 2 + 1).
     """
+    dtype = dtype or params.noise_center_hz.dtype
     if native.usable(params.noise_center_hz, plan.bin_hz):
-        return list(_NativeNoiseSpectra.apply(params.noise_center_hz, params.noise_bandwidth_hz, plan))
+        return list(_NativeNoiseSpectra.apply(params.noise_center_hz, params.noise_bandwidth_hz, plan, dtype))
     sigma_band = (params.noise_bandwidth_hz / dsp.FWHM_PER_SIGMA).unsqueeze(-1)  # (segments, atoms, 1)
     sigma = torch.sqrt(sigma_band**2 + (HANN_KERNEL_SIGMA_BINS * plan.bin_hz) ** 2)  # (segments, atoms, res)
     centre = params.noise_center_hz.unsqueeze(-1)
@@ -329,7 +335,7 @@ def noise_spectra(params: AtomParams, plan: Plan) -> list[Tensor]:
     root2 = math.sqrt(2.0)
     inside = 0.5 * (torch.erf((nyquist - centre) / (root2 * sigma)) + torch.erf(centre / (root2 * sigma)))
     total = sigma * math.sqrt(2 * math.pi) / plan.bin_hz * inside.clamp_min(1e-6)
-    return list(_GaussianBands.apply(centre, 1.0 / sigma, 1.0 / total, *plan.bins_hz))
+    return [share.to(dtype) for share in _GaussianBands.apply(centre, 1.0 / sigma, 1.0 / total, *plan.bins_hz)]
 
 
 class _GaussianBands(torch.autograd.Function):
@@ -375,13 +381,17 @@ class _NativeNoiseSpectra(torch.autograd.Function):
     for its gradient, with the erf normalisation's derivatives written out."""
 
     @staticmethod
-    def forward(ctx, centre_hz: Tensor, bandwidth_hz: Tensor, plan: Plan) -> tuple[Tensor, ...]:
+    def forward(ctx, centre_hz: Tensor, bandwidth_hz: Tensor, plan: Plan, dtype: torch.dtype) -> tuple[Tensor, ...]:
         centre_hz, bandwidth_hz = centre_hz.contiguous(), bandwidth_hz.contiguous()
-        out = [centre_hz.new_empty(*centre_hz.shape, r.n_bins) for r in plan.resolutions]
-        ctx.plan = plan
+        out = [centre_hz.new_empty(*centre_hz.shape, r.n_bins, dtype=dtype) for r in plan.resolutions]
+        ctx.plan, ctx.half = plan, int(dtype == torch.bfloat16)
         ctx.save_for_backward(centre_hz, bandwidth_hz)
         native.library().noise_spectra(
-            *map(native.ptr, (centre_hz, bandwidth_hz)), centre_hz.numel(), *_band_settings(plan), native.ptrs(out)
+            *map(native.ptr, (centre_hz, bandwidth_hz)),
+            centre_hz.numel(),
+            *_band_settings(plan),
+            native.datas(out),
+            ctx.half,
         )
         return tuple(out)
 
@@ -391,13 +401,14 @@ class _NativeNoiseSpectra(torch.autograd.Function):
         grads = [g.contiguous() for g in grads]
         grad_centre, grad_bandwidth = torch.empty_like(centre_hz), torch.empty_like(bandwidth_hz)
         native.library().noise_spectra_backward(
-            native.ptrs(grads),
+            native.datas(grads),
             *map(native.ptr, (centre_hz, bandwidth_hz)),
             centre_hz.numel(),
             *_band_settings(ctx.plan),
             *map(native.ptr, (grad_centre, grad_bandwidth)),
+            ctx.half,
         )
-        return grad_centre, grad_bandwidth, None
+        return grad_centre, grad_bandwidth, None, None
 
 
 def _band_settings(plan: Plan) -> tuple:
@@ -406,7 +417,9 @@ def _band_settings(plan: Plan) -> tuple:
     return native.ptr(plan.bin_hz), n_bins, len(plan.resolutions), HANN_KERNEL_SIGMA_BINS, plan.sample_rate / 2
 
 
-def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> list[Tensor]:
+def resonance_spectra(
+    params: AtomParams, plan: Plan, *, n_partials: int, dtype: torch.dtype | None = None
+) -> list[Tensor]:
     """Share of each resonance part's power per bin, every resolution's bins summing to ~1.
 
     Each partial k (weight c_k, frequency f_k) adds c_k * kernel(b - f_k / bin_hz)
@@ -419,9 +432,10 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> lis
         bodies, then its short parts (so that both take one product with their
         frames, which `branch_powers` lays out in the same order).
     """
+    dtype = dtype or params.f0_hz.dtype
     if native.usable(params.f0_hz, plan.bin_hz):
         fields = torch.stack([getattr(params, name) for name in _PARTIAL_FIELDS])  # (fields, segments, atoms)
-        return list(_NativeResonanceSpectra.apply(fields, plan, n_partials))
+        return list(_NativeResonanceSpectra.apply(fields, plan, n_partials, dtype))
     f0 = params.f0_hz.unsqueeze(-1)
     b = params.inharmonicity.unsqueeze(-1)
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
@@ -460,7 +474,7 @@ def resonance_spectra(params: AtomParams, plan: Plan, *, n_partials: int) -> lis
         ],
         dim=1,
     )
-    return plan.split_bins(slots)
+    return [bins.to(dtype) for bins in plan.split_bins(slots)]
 
 
 #: The fields `resonance_spectra` depends on, in the order of kernels.c's PARTIAL_* constants.
@@ -478,13 +492,18 @@ class _NativeResonanceSpectra(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, fields: Tensor, plan: Plan, n_partials: int) -> tuple[Tensor, ...]:
+    def forward(ctx, fields: Tensor, plan: Plan, n_partials: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
         fields = fields.contiguous()
         _, n_segments, n_atoms = fields.shape
-        out = [fields.new_empty(n_segments, 2 * n_atoms, r.n_bins) for r in plan.resolutions]
+        out = [fields.new_empty(n_segments, 2 * n_atoms, r.n_bins, dtype=dtype) for r in plan.resolutions]
         ctx.settings = (n_segments * n_atoms, n_atoms, *_partial_settings(plan, n_partials))
+        ctx.half = int(dtype == torch.bfloat16)
+        n_bins = max(r.n_bins for r in plan.resolutions)
+        scratch = fields.new_empty(native.library().max_threads() * 2 * n_bins * ctx.half)
         ctx.save_for_backward(fields)
-        native.library().resonance_spectra(native.ptr(fields), *ctx.settings, native.ptrs(out))
+        native.library().resonance_spectra(
+            native.ptr(fields), *ctx.settings, native.datas(out), ctx.half, native.ptr(scratch), n_bins
+        )
         return tuple(out)
 
     @staticmethod
@@ -493,9 +512,9 @@ class _NativeResonanceSpectra(torch.autograd.Function):
         grads = [g.contiguous() for g in grads]
         grad_fields = torch.empty_like(fields)
         native.library().resonance_spectra_backward(
-            native.ptrs(grads), native.ptr(fields), *ctx.settings, native.ptr(grad_fields)
+            native.datas(grads), native.ptr(fields), *ctx.settings, native.ptr(grad_fields), ctx.half
         )
-        return grad_fields, None, None
+        return grad_fields, None, None, None
 
 
 def _partial_settings(plan: Plan, n_partials: int) -> tuple:
@@ -577,7 +596,8 @@ class _BFloat16Products(torch.autograd.Function):
     "Speed"). Everything else in the step stays float32.
 
     Inputs: frames (segments, frames, 3 atoms), noise spectra (segments, atoms, bins) and
-    resonance spectra (segments, 2 atoms, bins), all float32. Returns the noise's and the
+    resonance spectra (segments, 2 atoms, bins), bfloat16 as the kernels write them (or
+    float32, then rounded here). Returns the noise's and the
     partials' expected power, each (segments, frames, bins), in bfloat16 as the products
     leave them: the loss's kernel reads them so (and writes their gradients so), and
     whatever else combines them (placing windows, adding a floor) widens them first.
@@ -597,7 +617,8 @@ class _BFloat16Products(torch.autograd.Function):
         grad_frames = torch.cat([torch.bmm(grad_noisy, noise.mT), torch.bmm(grad_tonal, tonal.mT)], dim=-1)
         grad_noise = torch.bmm(frames[..., :n_atoms].mT, grad_noisy)
         grad_tonal_spectra = torch.bmm(frames[..., n_atoms:].mT, grad_tonal)
-        return grad_frames.float(), grad_noise.float(), grad_tonal_spectra.float()
+        # bfloat16, as the inputs come from the kernels (autograd widens them for float32 inputs).
+        return grad_frames, grad_noise, grad_tonal_spectra
 
 
 @dataclass(frozen=True)
@@ -657,16 +678,20 @@ def expected_power(
         (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
+    # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
+    # float32, rounded once), and take their gradients so: nothing is cast around the products.
+    half = native.usable(params.time_s) and native.bfloat16_products()
+    dtype = torch.bfloat16 if half else None
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
-    noise = noise_spectra(params, plan)
-    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials)
+    noise = noise_spectra(params, plan, dtype=dtype)
+    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
     n_atoms = params.time_s.shape[1]
     out = []
-    for i, frames in enumerate(plan.frame_powers(powers)):  # each (segments, frames, 3 atoms)
+    for i, frames in enumerate(plan.frame_powers(powers, dtype=dtype)):  # each (segments, frames, 3 atoms)
         # One product for the noise, one for both resonance parts (bodies and short parts
         # side by side in frames and spectra). One split, not two slices: its backward is one
         # concatenation, not two zero-filled gradients.
-        if native.usable(frames) and native.bfloat16_products():
+        if half:
             noisy, tonal = _BFloat16Products.apply(frames, noise[i], tonal_spectra[i])
         else:
             noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)

@@ -310,3 +310,36 @@ def test_without_bfloat16_the_products_are_float32(monkeypatch, rng, plan):
         _assert_close(a.noise, b.noise, rtol=1e-5)
         # The partials carry the float32 positions' differences (test_resonance_spectra_match_...).
         _assert_close(a.tonal, b.tonal, rtol=1e-3)
+
+
+@pytest.mark.parametrize("function", ["frame_powers", "noise_spectra", "resonance_spectra"])
+def test_bfloat16_outputs_are_the_float32_ones_rounded_and_take_their_gradients_alike(rng, plan, function):
+    """What the kernels write for the bfloat16 products: each output summed in float32 and
+    rounded once (to nearest even, as PyTorch rounds), and the gradient of a bfloat16 output
+    the one the float32 output would get from the same incoming values."""
+    values = _params(rng)
+    powers = torch.rand(2, 15, plan.grid.n_cells, generator=torch.Generator().manual_seed(3))
+
+    def run(dtype):
+        leaves = {k: v.clone().requires_grad_(True) for k, v in values.items()}
+        grid = powers.clone().requires_grad_(True)
+        params = AtomParams(**leaves)
+        if function == "frame_powers":
+            outputs = plan.frame_powers(grid, dtype=dtype)
+        elif function == "noise_spectra":
+            outputs = spectral.noise_spectra(params, plan, dtype=dtype)
+        else:
+            outputs = spectral.resonance_spectra(params, plan, n_partials=32, dtype=dtype)
+        # Incoming gradients that bfloat16 holds exactly, so that both runs get the same values.
+        weights = [_weights(out.shape, seed=i).bfloat16() for i, out in enumerate(outputs)]
+        sum((out.float() * w.float()).sum() for out, w in zip(outputs, weights, strict=True)).backward()
+        grads = [grid.grad] if function == "frame_powers" else [v.grad for v in leaves.values() if v.grad is not None]
+        return [out.detach() for out in outputs], grads
+
+    halves, half_grads = run(torch.bfloat16)
+    singles, single_grads = run(torch.float32)
+    for half, single in zip(halves, singles, strict=True):
+        assert half.dtype == torch.bfloat16 and torch.equal(half, single.bfloat16())
+    assert len(half_grads) == len(single_grads) > 0
+    for a, b in zip(half_grads, single_grads, strict=True):
+        _assert_close(a, b, rtol=1e-6)
