@@ -40,7 +40,8 @@ static inline void thread_range(int64_t n, int64_t *lo, int64_t *hi) {
  * reach subnormal floats (each operation on one costs ~100 cycles). */
 #define TINY_POWER 1e-30
 
-/* bfloat16: the upper half of a float32; rounded to nearest even, as PyTorch rounds (finite values). */
+/* bfloat16: the upper half of a float32; rounded to nearest even, as PyTorch's scalar cast rounds
+ * (finite values). Subnormals are kept, where PyTorch's vectorised cast flushes them to zero. */
 static inline float bf16_load(const uint16_t *p, int64_t i) {
     const uint32_t bits = (uint32_t)p[i] << 16;
     float f;
