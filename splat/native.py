@@ -1,11 +1,14 @@
 """The fast engine's native CPU kernels (`kernels.c`): built on first use, called through ctypes.
 
-A fit step is about a thousand small tensor operations; a few groups of them
-(the loss, the resonance recursion, the frames' window sums) are single loops
-in C instead. The library is compiled once per machine with the system's C
-compiler into the user's cache folder (`$XDG_CACHE_HOME/splat`, else
-`~/.cache/splat`), keyed by a hash of the source, the flags and the CPU, and
-loaded from there afterwards (~1 s the first time).
+On PyTorch alone a fit step is about a thousand small tensor operations. With
+the kernels, everything but the matrix products is a few loops in C, each with
+its gradient written out: the atoms' powers on the time grid, the frames'
+window sums, the noise bands, the partials' splats and the loss (and, for the
+renderer, the resonance recursion). The library is compiled once per machine
+with the system's C compiler into the user's cache folder
+(`$XDG_CACHE_HOME/splat`, else `~/.cache/splat`), keyed by a hash of the
+source, the flags and the CPU, and loaded from there afterwards (~1 s the first
+time).
 
 Everything here is optional: without a C compiler, with `SPLAT_NATIVE=0` in the
 environment, or for tensors that are not float32 on the CPU, `usable` is False

@@ -192,6 +192,26 @@ def test_spectral_distance_matches_pytorch(monkeypatch, rng, with_noise):
     assert grads[0][0, :10].abs().max() == 0.0
 
 
+def test_the_distance_of_bfloat16_powers_is_that_of_their_float32_values(rng):
+    """The loss kernel reads the bfloat16 products as they are and writes their gradients rounded:
+    the same value as for those powers in float32, and the float32 gradients rounded to bfloat16."""
+    shapes = [(16, 513), (32, 257)]
+    target = loss.SpectralTarget([torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes])
+    halves = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32).bfloat16() for s in 2 * shapes]
+
+    def run(dtype):
+        leaves = [h.to(dtype).clone().requires_grad_(True) for h in halves]
+        value = target.distance(leaves[:2], leaves[2:])
+        value.backward()
+        return value.item(), [leaf.grad for leaf in leaves]
+
+    value, grads = run(torch.bfloat16)
+    single_value, single_grads = run(torch.float32)
+    assert value == pytest.approx(single_value, rel=1e-6)
+    for half, single in zip(grads, single_grads, strict=True):
+        assert half.dtype == torch.bfloat16 and torch.equal(half, single.bfloat16())
+
+
 def test_decayed_sum_matches_pytorch(monkeypatch, rng):
     x = torch.tensor(rng.uniform(0, 1, (2, 3, 1, 500)) ** 3, dtype=torch.float32)
     log_q = torch.tensor(-rng.uniform(1e-3, 0.5, (2, 3, 2, 1)), dtype=torch.float32)
