@@ -72,15 +72,13 @@ def _step_problem() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tenso
 def _environment(variables: dict[str, str]) -> Iterator[None]:
     """Within the block, these environment variables are set (and `splat.native` reads them again)."""
     os.environ.update(variables)
-    native.library.cache_clear()
-    native.bfloat16_products.cache_clear()
+    native.forget()
     try:
         yield
     finally:
         for name in variables:
             del os.environ[name]
-        native.library.cache_clear()
-        native.bfloat16_products.cache_clear()
+        native.forget()
 
 
 PYTORCH_ONLY = {"SPLAT_NATIVE": "0"}

@@ -113,6 +113,12 @@ def bfloat16_products() -> bool:
     return wanted and library() is not None and has_bfloat16_matmul(_cpuinfo())
 
 
+def forget() -> None:
+    """Look the library and the bfloat16 products up again on next use (after SPLAT_* changed)."""
+    library.cache_clear()
+    bfloat16_products.cache_clear()
+
+
 def _cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "splat"

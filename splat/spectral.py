@@ -384,12 +384,12 @@ class _NativeNoiseSpectra(torch.autograd.Function):
     def forward(ctx, centre_hz: Tensor, bandwidth_hz: Tensor, plan: Plan, dtype: torch.dtype) -> tuple[Tensor, ...]:
         centre_hz, bandwidth_hz = centre_hz.contiguous(), bandwidth_hz.contiguous()
         out = [centre_hz.new_empty(*centre_hz.shape, r.n_bins, dtype=dtype) for r in plan.resolutions]
-        ctx.plan, ctx.half = plan, int(dtype == torch.bfloat16)
+        ctx.settings, ctx.half = _band_settings(plan), int(dtype == torch.bfloat16)
         ctx.save_for_backward(centre_hz, bandwidth_hz)
         native.library().noise_spectra(
             *map(native.ptr, (centre_hz, bandwidth_hz)),
             centre_hz.numel(),
-            *_band_settings(plan),
+            *ctx.settings,
             native.datas(out),
             ctx.half,
         )
@@ -404,7 +404,7 @@ class _NativeNoiseSpectra(torch.autograd.Function):
             native.datas(grads),
             *map(native.ptr, (centre_hz, bandwidth_hz)),
             centre_hz.numel(),
-            *_band_settings(ctx.plan),
+            *ctx.settings,
             *map(native.ptr, (grad_centre, grad_bandwidth)),
             ctx.half,
         )

@@ -91,12 +91,10 @@ def _native_settings(monkeypatch: pytest.MonkeyPatch, name: str):
     from splat import native
 
     monkeypatch.setenv(name, "0")
-    native.library.cache_clear()
-    native.bfloat16_products.cache_clear()
+    native.forget()
     yield
     monkeypatch.delenv(name)
-    native.library.cache_clear()
-    native.bfloat16_products.cache_clear()
+    native.forget()
 
 
 @pytest.fixture

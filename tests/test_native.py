@@ -22,11 +22,9 @@ SR = 22050
 @pytest.fixture(autouse=True)
 def _fresh_library(monkeypatch):
     """Every test starts and ends with the library looked up again (the environment may change)."""
-    native.library.cache_clear()
-    native.bfloat16_products.cache_clear()
+    native.forget()
     yield
-    native.library.cache_clear()
-    native.bfloat16_products.cache_clear()
+    native.forget()
 
 
 def _both(monkeypatch, run):
@@ -34,11 +32,11 @@ def _both(monkeypatch, run):
     assert native.library() is not None, "the C compiler should build the kernels on this machine"
     with_kernels = run()
     monkeypatch.setenv("SPLAT_NATIVE", "0")
-    native.library.cache_clear()
+    native.forget()
     assert native.library() is None
     reference = run()
     monkeypatch.delenv("SPLAT_NATIVE")
-    native.library.cache_clear()
+    native.forget()
     return with_kernels, reference
 
 
@@ -296,7 +294,7 @@ def test_the_library_is_built_once_and_then_loaded(monkeypatch, tmp_path):
     assert native.library() is not None
     (built,) = (tmp_path / "splat").iterdir()
     stamp = built.stat().st_mtime_ns
-    native.library.cache_clear()
+    native.forget()
     assert native.library() is not None
     assert [p.stat().st_mtime_ns for p in (tmp_path / "splat").iterdir()] == [stamp]
 
