@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test setup bench-speed bench-quality clean
+.PHONY: demo test setup encoder training-packages bench-speed bench-quality bench-encoder clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,11 +28,23 @@ test: $(STAMP)
 	$(BIN)/ruff check splat tests benchmarks examples cli.py
 	$(BIN)/python -m pytest
 
+# Debian packages the encoder's training data is rendered with (fluidsynth and the allowed soundfonts only).
+TRAINING_PACKAGES := fluidsynth csound-soundfont opl3-soundfont
+training-packages:
+	dpkg -s $(TRAINING_PACKAGES) >/dev/null 2>&1 || (apt-get update && apt-get install -y $(TRAINING_PACKAGES))
+
+# Rebuild the shipped encoder weights: generate the training set (build/encoder-data) and train.
+encoder: $(STAMP) training-packages
+	$(BIN)/splat encoder train -o splat/weights/encoder.pt --force
+
 bench-speed: $(STAMP)
 	$(BIN)/python benchmarks/speed.py
 
 bench-quality: $(STAMP)
 	$(BIN)/python benchmarks/quality.py
+
+bench-encoder: $(STAMP)
+	$(BIN)/python benchmarks/encoder.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

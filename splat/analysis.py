@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import librosa
 import numpy as np
 
 from splat.audio import zero_padded
@@ -55,6 +54,8 @@ class Seed:
 
 def detect_onsets(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     """Onset times in seconds (backtracked to the start of the rise), shape (onsets,)."""
+    import librosa  # its onset detector compiles with numba on first use (seconds): only the analysis pays
+
     return librosa.onset.onset_detect(
         y=audio, sr=sample_rate, hop_length=_HOP, backtrack=True, units="time", delta=0.05, wait=4
     )
@@ -73,7 +74,7 @@ def _salience(spectrum: np.ndarray, freqs_hz: np.ndarray, f0_grid_hz: np.ndarray
 
 def _f0_grid(sample_rate: int) -> np.ndarray:
     """Candidate f0s in Hz: MIDI 21-108 in thirds of a semitone, below 0.45 sample_rate."""
-    grid = librosa.midi_to_hz(np.arange(21.0, 108.0, 1.0 / 3.0))
+    grid = 440.0 * 2.0 ** ((np.arange(21.0, 108.0, 1.0 / 3.0) - 69.0) / 12.0)
     return grid[grid < 0.45 * sample_rate]
 
 
@@ -188,6 +189,8 @@ def analyse(audio: np.ndarray, sample_rate: int, *, file_start: bool = False) ->
         Onset times in seconds, shape (onsets,), and the seeds sorted by
         salience, strongest first.
     """
+    import librosa
+
     duration_s = audio.size / sample_rate
     if sample_rate != ANALYSIS_RATE:
         audio = librosa.resample(audio, orig_sr=sample_rate, target_sr=ANALYSIS_RATE, res_type="soxr_hq")

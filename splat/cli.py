@@ -48,12 +48,14 @@ from splat.synth import render_atom_set
 Device = Literal["cpu", "cuda"]
 Engine = Literal["fast", "reference"]
 Envelope = Literal["gamma", "gaussian"]
+Init = Literal["encoder", "analysis", "random"]
 
 #: The option defaults are FitConfig's own (a frozen dataclass, so a constant), never restated here.
 _FIT_DEFAULTS = FitConfig()
 _DEFAULT_DEVICE = cast(Device, _FIT_DEFAULTS.device)
 _DEFAULT_ENGINE = cast(Engine, _FIT_DEFAULTS.engine)
 _DEFAULT_ENVELOPE = cast(Envelope, _FIT_DEFAULTS.envelope)
+_DEFAULT_INIT = cast(Init, _FIT_DEFAULTS.init)
 
 #: Unit suffixes of atom field names and how a table header shows them.
 _UNIT_SUFFIXES = (("_hz", "Hz"), ("_db", "dB"), ("_s", "s"))
@@ -227,8 +229,20 @@ def fit_command(
         ),
     ] = _FIT_DEFAULTS.n_atoms,
     n_iters: Annotated[
-        int, typer.Option("--iters", min=1, help="Optimiser steps per chunk (consecutive segments fit together).")
+        int,
+        typer.Option(
+            "--iters",
+            min=0,
+            help="Optimiser steps per chunk (consecutive segments fit together); 0 writes the --init atoms unfitted.",
+        ),
     ] = _FIT_DEFAULTS.n_iters,
+    init: Annotated[
+        Init,
+        typer.Option(
+            help="Where the atoms start: encoder (a trained network's proposals, shipped with splat), analysis"
+            " (onset and pitch rules) or random (quiet atoms anywhere).",
+        ),
+    ] = _DEFAULT_INIT,
     lr: Annotated[
         float,
         typer.Option(help="Peak Adam learning rate in (0, 1], in units of the raw (unconstrained) parameters."),
@@ -310,6 +324,7 @@ def fit_command(
             noise_floor=noise_floor,
             segment_s=segment_s,
             sample_rate=sample_rate,
+            init=init,
         )
         # Catch a bad option (or a missing GPU) before reading audio and fitting.
         config.validate()
@@ -478,3 +493,90 @@ def eval_command(
         for name, value in report.rows():
             table.add_row(name, value)
         _print_table(_stdout(), table)
+
+
+encoder_app = typer.Typer(
+    name="encoder", no_args_is_help=True, help="The amortized encoder that proposes atoms (fit --init encoder)."
+)
+app.add_typer(encoder_app)
+
+
+@encoder_app.command("train")
+def encoder_train_command(
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            metavar="WEIGHTS.pt",
+            help="Weights to write; their card (hash, settings) goes beside, .json.",
+        ),
+    ],
+    data_dir: Annotated[
+        Path,
+        typer.Option(
+            "--data",
+            metavar="DIR",
+            help="Training set folder: built (or completed) here first from the generators, reused if present.",
+        ),
+    ] = Path("build/encoder-data"),
+    n_synthetic: Annotated[
+        int, typer.Option("--synthetic", min=0, help="Clips of random atoms rendered by splat (1.49 s each).")
+    ] = 6000,
+    n_midi: Annotated[
+        int,
+        typer.Option(
+            "--midi",
+            min=0,
+            help="Clips of random notes rendered by fluidsynth from the allowed soundfonts (1.49 s each).",
+        ),
+    ] = 2400,
+    n_steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 4000,
+    batch_size: Annotated[int, typer.Option("--batch", min=1, help="Clips per step.")] = 8,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
+    channels: Annotated[int, typer.Option(min=4, help="Feature channels of the network.")] = 32,
+    threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: torch's default).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the data, the initialisation and the batches.")] = 0,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing weights.")] = False,
+) -> None:
+    """Train the encoder: build the training set, then fit the network (resumes from its checkpoint)."""
+    from rich.progress import TimeRemainingColumn
+
+    from splat.encoder import EncoderConfig
+    from splat.training import data
+    from splat.training.train import TrainConfig, train
+
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        config = TrainConfig(
+            n_steps=n_steps,
+            batch_size=batch_size,
+            lr=lr,
+            seed=seed,
+            threads=threads,
+            network=EncoderConfig(channels=channels),
+        )
+        config.validate()
+        data.refuse_benchmark_path(out)
+        log = _stderr()
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, TextColumn("{task.fields[note]}"), console=log) as progress:
+            tasks: dict[str, TaskID] = {}
+
+            def on_clip(update: data.DataProgress) -> None:
+                if update.source not in tasks:
+                    tasks[update.source] = progress.add_task(f"data: {update.source}", total=update.total, note="")
+                progress.update(tasks[update.source], completed=update.done)
+
+            shards = data.build(data_dir, n_synthetic=n_synthetic, n_midi=n_midi, seed=seed, callback=on_clip)
+            training_set = data.load(shards)
+            steps = progress.add_task("training", total=n_steps, note="")
+
+            def on_step(update) -> None:
+                note = f"loss {update.loss:.3f} (events {update.detection:.3f}, fields {update.regression:.3f})"
+                progress.update(steps, completed=update.step, note=note)
+
+            note = f"{n_synthetic} synthetic + {n_midi} fluidsynth clips, seed {seed}"
+            result = train(training_set, out, config, callback=on_step, data_note=note)
+        metrics = ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items() if isinstance(v, float))
+        _say(_stdout(), f"trained in {result.seconds / 60:.1f} min; held-out events: {metrics}\nwrote {out}")

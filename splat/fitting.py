@@ -29,6 +29,7 @@ from torch import Tensor
 
 from splat import analysis, dsp, floor, spectral, synth
 from splat.atoms import ENVELOPES, GAIN_RANGE, Atom, AtomSet, FloorSegment
+from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
@@ -44,6 +45,9 @@ from splat.params import (
 )
 
 ENGINES = ("fast", "reference")
+#: Where a fit's atoms start: the encoder's proposals, the onset/pitch analysis, or nowhere (quiet atoms at
+#: random times and pitches).
+INITS = ("encoder", "analysis", "random")
 #: Level given to pruned atoms inside the loss (they are dropped from the output).
 MUTED_DB = -200.0
 #: Peak level the input is normalised to before fitting.
@@ -126,6 +130,10 @@ class FitConfig:
             each segment's atoms (matching-pursuit-like: the loud atoms must explain
             as much as they can on their own). 0 = plain global loss. Fast engine only.
         noise_floor: Fit a stationary noise floor per segment under the atoms (`splat.floor`).
+        init: Where the atoms start (`INITS`): "encoder" (the amortized encoder's proposals,
+            `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
+            "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
+            returns the atoms the init placed, unchanged.
     """
 
     n_atoms: int = 64
@@ -145,6 +153,7 @@ class FitConfig:
     grid_step: int = 64
     greedy: float = 0.0
     noise_floor: bool = False
+    init: str = "analysis"
 
     def validate(self) -> None:
         """Raises:
@@ -152,7 +161,8 @@ class FitConfig:
         """
         checks = [
             (self.n_atoms >= 1, f"n_atoms={self.n_atoms} must be at least 1"),
-            (self.n_iters >= 1, f"n_iters={self.n_iters} must be at least 1"),
+            (self.n_iters >= 0, f"n_iters={self.n_iters} must be at least 0"),
+            (self.init in INITS, f"init={self.init!r} must be one of {', '.join(INITS)}"),
             (0 < self.lr <= 1, f"lr={self.lr} must be in (0, 1]"),
             (self.engine in ENGINES, f"engine={self.engine!r} must be one of {', '.join(ENGINES)}"),
             (self.envelope in ENVELOPES, f"envelope={self.envelope!r} must be one of {', '.join(ENVELOPES)}"),
@@ -235,6 +245,8 @@ def fit(
     config: FitConfig,
     *,
     callback: Callable[[FitProgress], None] | None = None,
+    init: str | None = None,
+    encoder: Encoder | None = None,
 ) -> FitResult:
     """Fit atoms to mono audio.
 
@@ -243,6 +255,8 @@ def fit(
         sample_rate: Must equal `config.sample_rate` (resample first; see `splat.audio`).
         config: Fit settings.
         callback: Called with a `FitProgress` after every step.
+        init: Shorthand for `config.init` (replaces it when given).
+        encoder: The encoder to start from with init "encoder" (default: `Encoder.load()`, the shipped weights).
 
     Returns:
         A `FitResult`; `reconstruction` is `render_atom_set(result.atoms)`.
@@ -251,7 +265,10 @@ def fit(
         ParameterError: on an invalid config or a sample-rate mismatch.
         AudioError: on audio that is not mono, empty, too short (under one frame of the shortest STFT),
             silent, too loud (peak above 1e6) or non-finite.
+        SplatError: with init "encoder", if the shipped weights are missing or corrupt.
     """
+    if init is not None:
+        config = replace(config, init=init)
     config.validate()
     if sample_rate != config.sample_rate:
         raise ParameterError(f"audio is at {sample_rate} Hz but config.sample_rate={config.sample_rate}; resample")
@@ -299,6 +316,12 @@ def fit(
         list(range(lo, min(lo + config.chunk_segments, n_segments)))
         for lo in range(0, n_segments, config.chunk_segments)
     ]
+    proposals = None
+    provenance: dict[str, str] = {}
+    if config.init == "encoder":
+        encoder = encoder if encoder is not None else Encoder.load()
+        proposals = encoder.proposals(samples * gain, sample_rate, max_atoms=config.n_atoms * n_segments, bounds=bounds)
+        provenance = {"encoder_sha256": encoder.sha256}
     rng = np.random.default_rng(config.seed)
     atoms: list[Atom] = []
     floors: list[FloorSegment] = []
@@ -315,6 +338,7 @@ def fit(
             rng,
             previous,
             (atoms, floors),
+            proposals,
             chunk=c,
             n_chunks=len(chunks),
             callback=callback,
@@ -335,7 +359,7 @@ def fit(
         envelope=config.envelope,
         n_partials=config.n_partials,
         seed=config.seed,
-        config=asdict(config),
+        config=asdict(config) | provenance,
         floor=tuple(floors),
     ).with_atoms(atoms)
     return FitResult(atoms=atom_set, reconstruction=synth.render_atom_set(atom_set), losses=losses)
@@ -359,6 +383,23 @@ def _onset_windows(region: Region, n: int, sample_rate: int, device: torch.devic
     return starts / sample_rate, lengths / sample_rate
 
 
+@dataclass
+class StartingAtoms:
+    """Where a chunk's atoms start.
+
+    Attributes:
+        values: Physical starting value of every field, each of shape (segments, atoms).
+        noise_seeds: The atoms' noise seeds, shape (segments, atoms).
+        onsets_s: Onsets the init found, in seconds from the region's start, shape (onsets,).
+        placed: Atoms the init put on an event (the others start quiet, anywhere), shape (segments, atoms).
+    """
+
+    values: dict[str, np.ndarray]
+    noise_seeds: np.ndarray
+    onsets_s: np.ndarray
+    placed: np.ndarray
+
+
 def initial_params(
     target: np.ndarray,
     region: Region,
@@ -368,18 +409,30 @@ def initial_params(
     rng: np.random.Generator,
     *,
     tone_peak_db: float,
-) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """Physical starting values, each of shape (segments, atoms), noise seeds, and onsets.
+    init: str = "analysis",
+    proposals: Proposals | None = None,
+) -> StartingAtoms:
+    """Starting atoms of a chunk.
 
-    Atoms go to the strongest (onset, pitch) seeds of each segment; the rest start
-    at random times and pitches, quiet. The onsets (seconds from the region's
-    start, shape (onsets,)) are those the analysis found. `tone_peak_db` is the
-    peak level of a 0 dB atom with the starting shape (`_tone_peak_db`).
+    Every atom first gets a quiet start at a random time and pitch; then, in each
+    segment, the first ones go to the events the init found: the analysis' strongest
+    (onset, pitch) seeds (time, f0 and level; the other fields from `START_SHAPE`), or
+    the encoder's proposals, strongest first (every field). With init "random", none.
+
+    Args:
+        target: The normalised file, shape (samples,).
+        region: The chunk.
+        sample_rate: In Hz.
+        n_atoms: Atoms per segment.
+        bounds: Physical ranges.
+        rng: Draws the random starts and the noise seeds.
+        tone_peak_db: Peak level of a 0 dB atom with the starting shape (`_tone_peak_db`).
+        init: One of `INITS`.
+        proposals: The encoder's proposals for the whole file (init "encoder").
     """
     seg = region.n_segment
     lo = region.start
     hi = min(region.segment_starts[-1] + seg, target.size)
-    onsets_s, seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate, file_start=lo == 0)
     n_seg = len(region.segment_starts)
     shape = (n_seg, n_atoms)
     values = {name: np.full(shape, value) for name, value in START_SHAPE.items()}
@@ -390,23 +443,69 @@ def initial_params(
     time_s = starts[:, None] + rng.uniform(0.0, 1.0, shape) * length_s[:, None]
     f0_hz = np.exp(rng.uniform(np.log(55.0), np.log(1760.0), shape))
     level_db = np.full(shape, analysis.QUIET_DB)
+    placed = np.zeros(shape, dtype=bool)
     used = np.zeros(n_seg, dtype=int)
-    for s in seeds:
-        t = lo / sample_rate + s.time_s
-        i = int((t * sample_rate - region.start) // seg)
-        if not 0 <= i < n_seg or used[i] >= n_atoms:
-            continue
-        j = used[i]
-        time_s[i, j] = max(t - 0.002, starts[i])
-        f0_hz[i, j] = min(max(s.f0_hz, bounds.f0_hz.lo * 1.01), bounds.f0_hz.hi * 0.99)
-        level_db[i, j] = s.level_db
-        used[i] += 1
+    onsets_s = np.zeros(0)
+    if init == "analysis":
+        onsets_s, seeds = analysis.analyse(target[lo:hi].astype(np.float32), sample_rate, file_start=lo == 0)
+        for s in seeds:
+            t = lo / sample_rate + s.time_s
+            i = int((t * sample_rate - region.start) // seg)
+            if not 0 <= i < n_seg or used[i] >= n_atoms:
+                continue
+            j = used[i]
+            time_s[i, j] = max(t - 0.002, starts[i])
+            f0_hz[i, j] = min(max(s.f0_hz, bounds.f0_hz.lo * 1.01), bounds.f0_hz.hi * 0.99)
+            level_db[i, j] = s.level_db
+            placed[i, j] = True
+            used[i] += 1
     values["time_s"] = np.minimum(time_s, starts[:, None] + length_s[:, None] * 0.999)
-    values["duration_s"] = starting_durations(values["time_s"], lo / sample_rate + onsets_s)
     values["f0_hz"] = f0_hz
     values["gain_db"] = np.clip(level_db - tone_peak_db, bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
+    values["duration_s"] = np.zeros(shape)
+    if init == "encoder" and proposals is not None:
+        onsets_s = _place_proposals(values, placed, used, proposals, region, sample_rate, length_s)
+    values["duration_s"] = np.where(
+        placed & (init == "encoder"),
+        values["duration_s"],
+        starting_durations(values["time_s"], lo / sample_rate + onsets_s),
+    )
     noise_seeds = rng.integers(0, 2**62, size=shape)
-    return values, noise_seeds, onsets_s
+    return StartingAtoms(values, noise_seeds, onsets_s, placed)
+
+
+def _place_proposals(
+    values: dict[str, np.ndarray],
+    placed: np.ndarray,
+    used: np.ndarray,
+    proposals: Proposals,
+    region: Region,
+    sample_rate: int,
+    length_s: np.ndarray,
+) -> np.ndarray:
+    """Put the encoder's proposals into their segments' first atoms (in place); returns their onsets.
+
+    Returns:
+        The distinct onsets of the proposals inside the region, seconds from its start, shape (onsets,).
+    """
+    seg = region.n_segment
+    starts = np.array(region.segment_starts) / sample_rate
+    fields = {name: getattr(proposals.params, name)[0].double().cpu().numpy() for name in FIELDS}
+    n_atoms = placed.shape[1]
+    onsets = []
+    for k in range(len(proposals)):
+        t = float(fields["time_s"][k])
+        i = int((t * sample_rate - region.start) // seg)
+        if not 0 <= i < len(starts) or used[i] >= n_atoms:
+            continue
+        j = used[i]
+        for name in FIELDS:
+            values[name][i, j] = fields[name][k]
+        values["time_s"][i, j] = min(max(t, starts[i]), starts[i] + length_s[i] * 0.999)
+        placed[i, j] = True
+        used[i] += 1
+        onsets.append(values["time_s"][i, j] - region.start / sample_rate)
+    return np.unique(np.array(onsets, dtype=np.float64))
 
 
 def starting_durations(time_s: np.ndarray, onsets_s: np.ndarray) -> np.ndarray:
@@ -502,6 +601,7 @@ def _fit_chunk(
     rng: np.random.Generator,
     previous: tuple[AtomParams, Tensor | None, Tensor] | None,
     so_far: tuple[list[Atom], list[FloorSegment]],
+    proposals: Proposals | None,
     *,
     chunk: int,
     n_chunks: int,
@@ -510,9 +610,18 @@ def _fit_chunk(
     device = target.device
     n = target.numel()
     tone_peak_db = _tone_peak_db(spec.sample_rate, spec.envelope)
-    values, noise_seeds, onsets_s = initial_params(
-        target.cpu().numpy(), region, spec.sample_rate, config.n_atoms, bounds, rng, tone_peak_db=tone_peak_db
+    starting = initial_params(
+        target.cpu().numpy(),
+        region,
+        spec.sample_rate,
+        config.n_atoms,
+        bounds,
+        rng,
+        tone_peak_db=tone_peak_db,
+        init=config.init,
+        proposals=proposals,
     )
+    values, noise_seeds, onsets_s = starting.values, starting.noise_seeds, starting.onsets_s
     # An onset at the file's first sample (it starts inside a sound, or with a strike): atoms there hold
     # notes struck at or before it, which a louder strike of the same note soon after does not repeat.
     starts_ringing = region.start == 0 and onsets_s.size > 0 and onsets_s[0] == 0.0
@@ -565,7 +674,10 @@ def _fit_chunk(
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    # Without steps the fit is the init itself: only the atoms it placed on events.
     active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
+    if config.n_iters == 0:
+        active = torch.from_numpy(starting.placed).to(device)
     prune_steps = {max(1, round(f * config.n_iters)) for f in PRUNE_AT}
     reseed_steps = {max(1, round(f * config.n_iters)) for f in RESEED_AT}
     history: list[float] = []
