@@ -2,12 +2,14 @@
 
 import splat
 result = splat.fit(audio, sample_rate, splat.FitConfig())   # -> FitResult(.atoms, .reconstruction)
+proposal = splat.Encoder.load().propose(audio, sample_rate)  # the encoder's atoms alone, an AtomSet
 result.atoms.save("x.atoms.json")
 audio = splat.render(splat.AtomSet.load("x.atoms.json"))
 """
 
 from splat.atoms import Atom, AtomSet
 from splat.audio import load_audio, write_audio
+from splat.encoder import Encoder
 from splat.errors import AudioError, FormatError, ParameterError, SplatError
 from splat.fitting import FitConfig, FitResult, fit
 from splat.synth import render_atom_set as render
@@ -18,6 +20,7 @@ __all__ = [
     "Atom",
     "AtomSet",
     "AudioError",
+    "Encoder",
     "FitConfig",
     "FitResult",
     "FormatError",

@@ -33,6 +33,7 @@ from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
+from splat.optim import Adam
 from splat.params import (
     FIELDS,
     FLOOR_LEVEL_DB,
@@ -662,9 +663,7 @@ def _fit_chunk(
             background_audio=background,
         )
 
-    optimiser = torch.optim.Adam([shift], lr=config.lr)
-    if noise_floor is not None:
-        optimiser.add_param_group({"params": [noise_floor.shift]})
+    optimiser = Adam([shift] if noise_floor is None else [shift, noise_floor.shift])
     warmup = max(1, config.n_iters // 20)
 
     def lr_factor(step: int) -> float:
@@ -673,7 +672,6 @@ def _fit_chunk(
         progress = (step - warmup) / max(1, config.n_iters - warmup)
         return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
     # Without steps the fit is the init itself: only the atoms it placed on events.
     active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
     if config.n_iters == 0:
@@ -697,10 +695,9 @@ def _fit_chunk(
         # a steady downward pull that only atoms the loss needs can resist.
         level = (params.gain_db - bounds.gain_db.lo) / (bounds.gain_db.hi - bounds.gain_db.lo)
         objective = fit_term + weight * (level * active).sum() / active.shape[0]
-        optimiser.zero_grad(set_to_none=True)
+        optimiser.zero_grad()
         objective.backward()
-        optimiser.step()
-        schedule.step()
+        optimiser.step(config.lr * lr_factor(step - 1))
         history.append(distance.item())
         if step in reseed_steps and step < config.n_iters:
             with torch.no_grad():
@@ -723,9 +720,7 @@ def _fit_chunk(
                     new_raw = to_raw(new_raw, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     raw0 = torch.where(replaced.unsqueeze(-1), new_raw, raw0)
                     shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
-                    for moment in optimiser.state[shift].values():
-                        if torch.is_tensor(moment) and moment.shape == shift.shape:
-                            moment.masked_fill_(replaced.unsqueeze(-1), 0.0)
+                    optimiser.forget(0, replaced.unsqueeze(-1))
         if step in prune_steps:
             with torch.no_grad():
                 gain_db = params.gain_db
@@ -742,12 +737,9 @@ def _fit_chunk(
                 # the remaining steps cost in proportion to the atoms still active.
                 keep = _active_first(active)
                 raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
-                compact_shift = _take(shift.detach(), keep).requires_grad_(True)
-                state = optimiser.state.pop(shift)
-                for key in ("exp_avg", "exp_avg_sq"):
-                    state[key] = _take(state[key], keep)
-                optimiser.param_groups[0]["params"][0] = shift = compact_shift
-                optimiser.state[shift] = state
+                shift = _take(shift.detach(), keep).requires_grad_(True)
+                moments = optimiser.moments[0]
+                optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
         if callback is not None:
             callback(
                 FitProgress(
