@@ -41,6 +41,7 @@ from splat.params import FIELDS
 from splat.plot import plot_atoms
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
+from splat.training.train import TrainConfig
 
 # Choices, spelled out so `--help` lists them and a typo fails before any work;
 # tests/test_cli.py checks they match the library's own lists. FitConfig types
@@ -56,6 +57,7 @@ _DEFAULT_DEVICE = cast(Device, _FIT_DEFAULTS.device)
 _DEFAULT_ENGINE = cast(Engine, _FIT_DEFAULTS.engine)
 _DEFAULT_ENVELOPE = cast(Envelope, _FIT_DEFAULTS.envelope)
 _DEFAULT_INIT = cast(Init, _FIT_DEFAULTS.init)
+_TRAIN_DEFAULTS = TrainConfig()
 
 #: Unit suffixes of atom field names and how a table header shows them.
 _UNIT_SUFFIXES = (("_hz", "Hz"), ("_db", "dB"), ("_s", "s"))
@@ -531,12 +533,16 @@ def encoder_train_command(
             help="Clips of random notes rendered by fluidsynth from the allowed soundfonts (1.49 s each).",
         ),
     ] = 2400,
-    n_steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = 4000,
-    batch_size: Annotated[int, typer.Option("--batch", min=1, help="Clips per step.")] = 8,
-    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = 2e-3,
-    channels: Annotated[int, typer.Option(min=4, help="Feature channels of the network.")] = 32,
+    n_steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps.")] = _TRAIN_DEFAULTS.n_steps,
+    batch_size: Annotated[int, typer.Option("--batch", min=1, help="Clips per step.")] = _TRAIN_DEFAULTS.batch_size,
+    lr: Annotated[float, typer.Option(help="Peak AdamW learning rate.")] = _TRAIN_DEFAULTS.lr,
+    channels: Annotated[
+        int, typer.Option(min=4, help="Feature channels of the network.")
+    ] = _TRAIN_DEFAULTS.network.channels,
     threads: Annotated[int, typer.Option(min=0, help="Torch threads (0: torch's default).")] = 0,
-    seed: Annotated[int, typer.Option(min=0, help="Seed of the data, the initialisation and the batches.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, help="Seed of the data, the initialisation and the batches.")
+    ] = _TRAIN_DEFAULTS.seed,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing weights.")] = False,
 ) -> None:
     """Train the encoder: build the training set, then fit the network (resumes from its checkpoint)."""
@@ -544,7 +550,7 @@ def encoder_train_command(
 
     from splat.encoder import EncoderConfig
     from splat.training import data
-    from splat.training.train import TrainConfig, train
+    from splat.training.train import train
 
     with _user_errors():
         _refuse_to_overwrite(out, force=force)

@@ -320,3 +320,27 @@ def test_midi_file_encodes_notes():
     assert bytes([0xC0, 3]) in track and bytes([0x90, 60, 100]) in track and bytes([0x80, 64, 0]) in track
     # The second note-on comes 250 ticks (1 ms each) after the first: 250 = 0x81 0x7A as a variable-length number.
     assert bytes([0x81, 0x7A, 0x90, 64, 90]) in track
+
+
+def test_cli_encoder_train_builds_data_trains_and_writes_a_loadable_card(tmp_path):
+    out = tmp_path / "w" / "encoder.pt"
+    args = ["encoder", "train", "-o", str(out), "--data", str(tmp_path / "data"), "--synthetic", "4", "--midi", "0"]
+    args += ["--steps", "2", "--batch", "2", "--channels", "4"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote" in result.output
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["training"]["n_steps"] == 2 and card["parameters"] == n_parameters(
+        EncoderNet(EncoderConfig(channels=4))
+    )
+    assert Encoder.load(out).sha256 == card["sha256"]
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 1 and "--force" in again.output
+
+
+def test_cli_encoder_train_refuses_the_benchmark_folder(tmp_path):
+    inside = training_data.benchmark_audio_dir() / "encoder.pt"
+    result = CliRunner().invoke(app, ["encoder", "train", "-o", str(inside), "--data", str(tmp_path), "--midi", "0"])
+    assert result.exit_code == 1
+    assert result.output.strip().startswith("error:") and "benchmark" in result.output
+    assert not inside.exists()

@@ -53,8 +53,8 @@ class TrainConfig:
         network: Shape of the network.
     """
 
-    n_steps: int = 3000
-    batch_size: int = 16
+    n_steps: int = 2500
+    batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
