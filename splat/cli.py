@@ -35,7 +35,7 @@ from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
 from splat.audio import LoadedAudio, load_audio, output_format, write_audio
 from splat.errors import ParameterError, SplatError
 from splat.evaluate import evaluate_pair, load_ground_truth
-from splat.files import atomic_path
+from splat.files import atomic_path, write_text_atomic
 from splat.fitting import FitConfig, FitProgress, fit
 from splat.floor import band_centres_hz as floor_band_centres_hz
 from splat.plot import plot_atoms
@@ -603,6 +603,33 @@ def morph_command(
             _stdout(),
             f"morphed {amount:g} of the way from {a_json} to {b_json}: {len(morphed.atoms)} atoms\nwrote {out}",
         )
+
+
+@app.command("report")
+def report_command(
+    audio: Annotated[Path, typer.Argument(metavar="AUDIO", help="The recording (the one that was fit).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="REPORT.html", help="HTML file to write.")],
+    atoms_json: Annotated[
+        Path | None,
+        typer.Option("--atoms", metavar="ATOMS.json", help="Atoms fitted to AUDIO: draws, plays and scores them."),
+    ] = None,
+    visqol: Annotated[bool, typer.Option(help="Include ViSQOL in the metrics (slow on long audio).")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Write one self-contained HTML page: the spectrogram with every atom on it, players, metrics, atom table."""
+    from splat.report import build_report
+
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise ParameterError(f"cannot write {out}: the report is HTML, so OUT must end in .html")
+        atom_set = None if atoms_json is None else AtomSet.load(atoms_json)
+        loaded = load_audio(audio, sample_rate=None if atom_set is None else atom_set.sample_rate)
+        page = build_report(
+            loaded.samples, loaded.sample_rate, atom_set, title=f"splat: {audio.name}", with_visqol=visqol
+        )
+        write_text_atomic(out, page)
+        _say(_stdout(), f"wrote {out} ({len(page.encode()) / 1e6:.1f} MB)")
 
 
 def _floor_summary(atom_set: AtomSet) -> str:
