@@ -4,12 +4,15 @@ import splat
 result = splat.fit(audio, sample_rate, splat.FitConfig())   # -> FitResult(.atoms, .reconstruction)
 result.atoms.save("x.atoms.json")
 audio = splat.render(splat.AtomSet.load("x.atoms.json"))
+edited = splat.edit(result.atoms, [splat.Edit("transpose", 12)], where="note == 'C4'")
 """
 
 from splat.atoms import Atom, AtomSet
 from splat.audio import load_audio, write_audio
+from splat.edit import Edit, edit, select
 from splat.errors import AudioError, FormatError, ParameterError, SplatError
 from splat.fitting import FitConfig, FitResult, fit
+from splat.morph import morph
 from splat.synth import render_atom_set as render
 
 __version__ = "0.1.0"
@@ -18,14 +21,18 @@ __all__ = [
     "Atom",
     "AtomSet",
     "AudioError",
+    "Edit",
     "FitConfig",
     "FitResult",
     "FormatError",
     "ParameterError",
     "SplatError",
+    "edit",
     "fit",
     "load_audio",
+    "morph",
     "render",
+    "select",
     "write_audio",
     "__version__",
 ]

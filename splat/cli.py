@@ -476,13 +476,13 @@ def info_command(
     import io
     import json
 
-    from splat.edit import COLUMNS, atom_columns
+    from splat.edit import COLUMNS, atom_rows
 
     with _user_errors():
         if as_json and as_csv:
             raise typer.BadParameter("choose one of --json and --csv", param_hint="'--json'")
         atom_set = AtomSet.load(atoms_json)
-        rows = [atom_columns(atom, i) for i, atom in enumerate(atom_set.atoms)]
+        rows = atom_rows(atom_set)
         console = _stdout()
         if as_json:
             _say(console, json.dumps(rows, indent=1))
@@ -501,7 +501,7 @@ def info_command(
         _say(console, f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials")
         if atom_set.floor:
             _say(console, _floor_summary(atom_set))
-        columns = [c for c in COLUMNS if c != "midi"] if all_fields else list(_INFO_COLUMNS)
+        columns = [c for c in COLUMNS if c not in ("midi", "n_atoms")] if all_fields else list(_INFO_COLUMNS)
         # The default columns fit in 100 characters; `--where` names them as the JSON does (time_s, f0_hz, ...).
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
         for name in columns:

@@ -27,8 +27,9 @@ from splat.params import Bounds
 
 #: Note names of the twelve pitch classes, C first (sharps, as MIDI tools print them).
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
-#: Columns a `where` expression may name besides the atom's own fields.
-DERIVED_COLUMNS = ("index", "note", "midi")
+#: Columns a `where` expression may name besides the atom's own fields: the position in the file,
+#: the nearest note's name and MIDI number, the loudness rank (0 = the largest gain_db) and the file's atom count.
+DERIVED_COLUMNS = ("index", "note", "midi", "rank", "n_atoms")
 #: Every column a `where` expression may name.
 COLUMNS: tuple[str, ...] = DERIVED_COLUMNS + tuple(f.name for f in fields(Atom))
 
@@ -112,15 +113,28 @@ def midi_number(f0_hz: float) -> int:
     return round(69 + 12 * math.log2(f0_hz / 440.0))
 
 
-def atom_columns(atom: Atom, index: int) -> dict[str, Any]:
-    """An atom's `COLUMNS` as a dict: index, note, midi, then its fields."""
-    return {"index": index, "note": note_name(atom.f0_hz), "midi": midi_number(atom.f0_hz), **vars(atom)}
+def atom_rows(atom_set: AtomSet) -> list[dict[str, Any]]:
+    """Every atom's `COLUMNS` as a dict (index, note, midi, rank, n_atoms, then its fields), in file order."""
+    by_gain = sorted(range(len(atom_set.atoms)), key=lambda i: -atom_set.atoms[i].gain_db)
+    rank = {index: position for position, index in enumerate(by_gain)}
+    return [
+        {
+            "index": i,
+            "note": note_name(atom.f0_hz),
+            "midi": midi_number(atom.f0_hz),
+            "rank": rank[i],
+            "n_atoms": len(atom_set.atoms),
+            **vars(atom),
+        }
+        for i, atom in enumerate(atom_set.atoms)
+    ]
 
 
 def parse_where(expression: str) -> Callable[[dict[str, Any]], bool]:
-    """Compile a `where` expression into a predicate over an atom's columns (`atom_columns`).
+    """Compile a `where` expression into a predicate over an atom's columns (a row of `atom_rows`).
 
-    Examples: ``"f0_hz < 200 and time_s > 1.5"``, ``"note == 'C4'"``, ``"index in [3, 7]"``.
+    Examples: ``"f0_hz < 200 and time_s > 1.5"``, ``"note == 'C4'"``, ``"index in [3, 7]"``,
+    ``"rank >= n_atoms / 2"`` (the quieter half).
 
     Raises:
         ParameterError: on a syntax error, an unknown column (named in the
@@ -229,7 +243,7 @@ def select(atom_set: AtomSet, where: str | None) -> list[int]:
     if where is None:
         return list(range(len(atom_set.atoms)))
     predicate = parse_where(where)
-    return [i for i, atom in enumerate(atom_set.atoms) if predicate(atom_columns(atom, i))]
+    return [row["index"] for row in atom_rows(atom_set) if predicate(row)]
 
 
 def edit(atom_set: AtomSet, edits: Sequence[Edit], *, where: str | None = None, clamp: bool = False) -> AtomSet:

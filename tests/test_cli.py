@@ -325,10 +325,11 @@ def test_info_json_and_csv_hold_every_field(atoms_json):
     atoms = hand_made_atom_set().atoms
     assert [r["index"] for r in rows] == [0, 1, 2]
     assert [r["note"] for r in rows] == ["A3", "A4", "E5"]
-    assert [Atom(**{k: v for k, v in r.items() if k not in ("index", "note", "midi")}) for r in rows] == list(atoms)
+    derived = ("index", "note", "midi", "rank", "n_atoms")
+    assert [Atom(**{k: v for k, v in r.items() if k not in derived}) for r in rows] == list(atoms)
     lines = run("info", atoms_json, "--csv").stdout.splitlines()
-    assert lines[0].split(",")[:4] == ["index", "note", "midi", "time_s"]
-    assert len(lines) == 4 and lines[1].startswith("0,A3,57,0.02,")
+    assert lines[0].split(",")[:6] == ["index", "note", "midi", "rank", "n_atoms", "time_s"]
+    assert len(lines) == 4 and lines[1].startswith("0,A3,57,0,3,0.02,")
     assert_one_error_line(run("info", atoms_json, "--json", "--csv"), mentions="one of --json and --csv")
 
 

@@ -81,6 +81,8 @@ def test_operations_apply_in_order(five):
         ("0.15 < time_s <= 0.3", [1, 2]),
         ("f0_hz * 2 == 440", [1]),
         ("note in ('A2', 'A5') and -gain_db > 16", [0]),
+        ("rank >= n_atoms / 2", [0, 2]),  # the quieter half: -20 and -30 dB, ranks 3 and 4 of 5
+        ("rank == 0", [1]),
     ],
 )
 def test_where_selects_exactly_the_expected_indices(five, expression, expected):

@@ -8,6 +8,7 @@ if either program is missing.
 from __future__ import annotations
 
 import base64
+import io
 import json
 import re
 import shutil
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from test_cli import assert_one_error_line, hand_made_atom_set, run
 
 from splat.atoms import AtomSet
-from splat.report import MAX_COLUMNS, N_ROWS, atom_strip, build_report, spectrogram
+from splat.report import MAX_COLUMNS, N_ROWS, atom_strip, build_report, ogg_data_uri, spectrogram
 from splat.synth import render_atom_set
 
 #: Schemes a page that makes no network request may load from.
@@ -76,6 +78,14 @@ def test_the_atom_strip_plays_each_atom_alone_in_its_span(spread_set):
         assert np.abs(inside).max() == pytest.approx(0.5, rel=1e-6)  # every clip at one peak
     gap = strip[round(spans[0][1] * sr) + 1 : round(spans[1][0] * sr) - 1]
     assert gap.size > 0 and not gap.any()
+
+
+def test_long_audio_encodes(rng):
+    # 3 million samples (68 s at 44.1 kHz): one write of them crashes libsndfile 1.2's Vorbis encoder.
+    uri = ogg_data_uri(0.1 * rng.standard_normal(3_000_000).astype(np.float32), 44100)
+    assert uri.startswith("data:audio/ogg;base64,")
+    audio, rate = sf.read(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])), dtype="float32")
+    assert rate == 44100 and abs(audio.size - 3_000_000) < 44100
 
 
 def test_the_spectrogram_puts_a_tone_on_its_row():

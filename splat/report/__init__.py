@@ -41,6 +41,8 @@ GAP_S = 0.1
 CLIP_PEAK = 0.5
 #: Fade at a clip's cut end, in seconds.
 FADE_S = 0.02
+#: Frames per write of the Ogg Vorbis encoder.
+OGG_BLOCK = 1 << 16
 #: FFT size of the picture at 44.1 kHz (scaled with the rate): about 10 Hz apart, to part low notes.
 N_FFT_44K = 4096
 
@@ -92,8 +94,12 @@ def ogg_data_uri(audio: np.ndarray, sample_rate: int) -> str:
     """Mono audio as a `data:` URI of Ogg Vorbis (clipped to full scale)."""
     import soundfile as sf
 
+    samples = np.clip(audio, -1.0, 1.0).astype(np.float32)
     buffer = io.BytesIO()
-    sf.write(buffer, np.clip(audio, -1.0, 1.0).astype(np.float32), sample_rate, format="OGG", subtype="VORBIS")
+    # In blocks: libsndfile 1.2's Vorbis encoder crashes (SIGSEGV) on one write of a few million frames.
+    with sf.SoundFile(buffer, "w", sample_rate, 1, format="OGG", subtype="VORBIS") as out:
+        for start in range(0, samples.size, OGG_BLOCK):
+            out.write(samples[start : start + OGG_BLOCK])
     return "data:audio/ogg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
