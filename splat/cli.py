@@ -513,11 +513,10 @@ def info_command(
 
 
 def _cell(name: str, value: object) -> str:
-    """One table cell: onsets to the millisecond, other numbers to 4 significant digits."""
-    if name == "time_s":
-        return f"{value:.3f}"
+    """One table cell: onsets to the millisecond, f0 and gains to a tenth, mix to a hundredth, else 4 digits."""
+    digits = {"time_s": ".3f", "f0_hz": ".1f", "gain_db": ".1f", "mix": ".2f"}
     if isinstance(value, float):
-        return f"{value:.4g}"
+        return format(value, digits.get(name, ".4g"))
     return str(value)
 
 
