@@ -400,6 +400,7 @@ def render_command(
 def _chosen_atoms(atom_set: AtomSet, solo: str | None, where: str | None) -> list[int] | None:
     """The atoms --solo and --where choose (both: those in both); None if neither is given."""
     from splat.edit import select
+    from splat.listen import check_indices
 
     if solo is None and where is None:
         return None
@@ -411,11 +412,7 @@ def _chosen_atoms(atom_set: AtomSet, solo: str | None, where: str | None) -> lis
             raise typer.BadParameter(
                 f"{solo!r} must be atom indices separated by commas", param_hint="'--solo'"
             ) from None
-        n_atoms = len(atom_set.atoms)
-        for index in sorted(wanted):
-            if not 0 <= index < n_atoms:
-                raise ParameterError(f"--solo {index}: the file has atoms 0 to {n_atoms - 1}")
-        chosen = [i for i in chosen if i in wanted]
+        chosen = [i for i in chosen if i in check_indices(atom_set, sorted(wanted))]
     if not chosen:
         raise ParameterError("no atom is chosen by --solo/--where; nothing to render")
     return chosen
@@ -553,7 +550,7 @@ def edit_command(
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
     """Edit atoms: the operations apply in the order given, to the atoms --where selects (all by default)."""
-    from splat.edit import Edit, edit
+    from splat.edit import Edit, edit, select
 
     with _user_errors():
         _refuse_to_overwrite(out, force=force)
@@ -576,10 +573,11 @@ def edit_command(
         atom_set = AtomSet.load(atoms_json)
         edited = edit(atom_set, steps, where=where, clamp=clamp)
         edited.save(out)
+        n_in = len(atom_set.atoms)
+        scope = "" if where is None else f" on the {len(select(atom_set, where))} atoms --where selects"
         _say(
             _stdout(),
-            f"{' then '.join(given).replace('_', '-')}: {len(atom_set.atoms)} atoms in, {len(edited.atoms)} out\n"
-            f"wrote {out}",
+            f"{' then '.join(given).replace('_', '-')}{scope}: {n_in} atoms in, {len(edited.atoms)} out\nwrote {out}",
         )
 
 

@@ -314,7 +314,7 @@ def test_info_fits_100_columns_by_default_and_names_the_notes(tmp_path):
     lines = result.stdout.splitlines()
     assert len(lines) > 1200
     assert max(len(line) for line in lines) <= 100
-    assert sum(" A3 " in line and " 220 " in line for line in lines) == 400
+    assert sum(" A3 " in line and " 220.0 " in line for line in lines) == 400
     wide = run("info", path, "--all").stdout
     assert max(len(line) for line in wide.splitlines()) > 100
     assert "noise bandwidth (Hz)" in wide and "noise bandwidth (Hz)" not in result.stdout

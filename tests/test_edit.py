@@ -168,6 +168,7 @@ def test_cli_edit_applies_options_in_the_order_given(five_json, tmp_path):
     # Keep the loudest two of those above 200 Hz, then drop them: the others stay.
     result = run("edit", five_json, "-o", out, "--where", "f0_hz > 200", "--keep", "2", "--drop", "--force")
     assert result.exit_code == 0, result.output
+    assert "keep then drop on the 4 atoms --where selects: 5 atoms in, 1 out" in result.stdout
     assert [a.f0_hz for a in AtomSet.load(out).atoms] == [110.0]
     # The order matters: (0.1 + 0.1) * 2 s, then 0.1 * 2 + 0.1 s.
     run("edit", five_json, "-o", out, "--shift", "0.1", "--stretch", "2", "--where", "index == 0", "--force")
