@@ -45,6 +45,9 @@ OPERATIONS: dict[str, bool] = {
     "tonal_only": False,
     "noise_only": False,
 }
+#: Longest `where` expression accepted: far above any real selection, and short enough that neither
+#: the parser nor the interpreter's recursion can run out of stack.
+MAX_WHERE_CHARS = 500
 #: Fields a time stretch scales (onsets, durations and decays; pitch is kept).
 STRETCHED_FIELDS = ("time_s", "duration_s", "release_s", "decay_s", "short_decay_s")
 #: Fields `decay` scales: the body's and the short part's ring times.
@@ -141,10 +144,14 @@ def parse_where(expression: str) -> Callable[[dict[str, Any]], bool]:
             message), or anything outside the whitelist (calls, attributes,
             subscripts, lambdas, ...).
     """
+    if len(expression) > MAX_WHERE_CHARS:
+        raise ParameterError(f"--where is {len(expression)} characters long; at most {MAX_WHERE_CHARS} are allowed")
     try:
         tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise ParameterError(f"--where {expression!r} is not a valid expression: {exc.msg}") from exc
+    except RecursionError as exc:  # nesting deep enough to exhaust the parser's stack
+        raise ParameterError("--where is nested too deeply") from exc
     _check_tree(tree.body, expression)
 
     def predicate(row: dict[str, Any]) -> bool:

@@ -113,6 +113,15 @@ def test_hostile_or_bad_expressions_are_refused(five, expression, mentions):
         select(five, expression)
 
 
+def test_long_or_deeply_nested_expressions_are_one_error_or_work(five):
+    for expression in ("not " * 5000 + "index == 0", "-" * 5000 + "1 < index", "(" * 300 + "index" + ")" * 300):
+        with pytest.raises(ParameterError, match="--where"):
+            select(five, expression)
+    # Up to the length limit, nesting evaluates (no stack overflow): 122 nots cancel out.
+    assert select(five, "not " * 122 + "index == 0") == [0]
+    assert select(five, "-" * 480 + "1 < index") == [2, 3, 4]  # an even count of minus signs
+
+
 def test_where_never_runs_code(five, tmp_path):
     marker = tmp_path / "ran"
     with pytest.raises(ParameterError):
