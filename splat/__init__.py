@@ -5,13 +5,16 @@ result = splat.fit(audio, sample_rate, splat.FitConfig())   # -> FitResult(.atom
 proposal = splat.Encoder.load().propose(audio, sample_rate)  # the encoder's atoms alone, an AtomSet
 result.atoms.save("x.atoms.json")
 audio = splat.render(splat.AtomSet.load("x.atoms.json"))
+edited = splat.edit(result.atoms, [splat.Edit("transpose", 12)], where="note == 'C4'")
 """
 
 from splat.atoms import Atom, AtomSet
 from splat.audio import load_audio, write_audio
+from splat.edit import Edit, edit, select
 from splat.encoder import Encoder
 from splat.errors import AudioError, FormatError, ParameterError, SplatError
 from splat.fitting import FitConfig, FitResult, fit
+from splat.morph import morph
 from splat.synth import render_atom_set as render
 
 __version__ = "0.1.0"
@@ -20,15 +23,19 @@ __all__ = [
     "Atom",
     "AtomSet",
     "AudioError",
+    "Edit",
     "Encoder",
     "FitConfig",
     "FitResult",
     "FormatError",
     "ParameterError",
     "SplatError",
+    "edit",
     "fit",
     "load_audio",
+    "morph",
     "render",
+    "select",
     "write_audio",
     "__version__",
 ]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Literal, cast
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.measure import Measurement
 from rich.progress import (
@@ -34,10 +35,9 @@ from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
 from splat.audio import LoadedAudio, load_audio, output_format, write_audio
 from splat.errors import ParameterError, SplatError
 from splat.evaluate import evaluate_pair, load_ground_truth
-from splat.files import atomic_path
+from splat.files import atomic_path, write_text_atomic
 from splat.fitting import FitConfig, FitProgress, fit
 from splat.floor import band_centres_hz as floor_band_centres_hz
-from splat.params import FIELDS
 from splat.plot import plot_atoms
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
@@ -355,19 +355,84 @@ def render_command(
     out: Annotated[
         Path, typer.Option("--out", "-o", metavar="OUT.wav", help="Audio file to write (.wav: 32-bit float, .flac).")
     ],
-    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+    solo: Annotated[
+        str | None,
+        typer.Option(metavar="I,J,...", help="Render only these atoms (indices as `splat info` lists them)."),
+    ] = None,
+    where: Annotated[
+        str | None,
+        typer.Option(metavar="EXPR", help='Render only the atoms this expression selects, e.g. "f0_hz < 200".'),
+    ] = None,
+    stems_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--stems",
+            metavar="DIR",
+            file_okay=False,
+            help="Also write one WAV per atom (whole-file length, so they line up) named index_note_onset,"
+            " plus floor.wav for the noise floor.",
+        ),
+    ] = None,
+    original: Annotated[
+        Path | None,
+        typer.Option(
+            "--residual",
+            metavar="ORIGINAL",
+            help="Also write OUT's stem + .residual.wav: ORIGINAL minus the render, at ORIGINAL's rate and length.",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
 ) -> None:
-    """Render an atoms JSON file to audio, using nothing but the JSON."""
+    """Render an atoms JSON file to audio, using nothing but the JSON; or a subset, stems, the residual."""
+    from splat.listen import render_subset, residual, stems
+
     with _user_errors():
         _refuse_to_overwrite(out, force=force)
         output_format(out)
         atom_set = AtomSet.load(atoms_json)
-        write_audio(out, render_atom_set(atom_set), atom_set.sample_rate)
-        _say(
-            _stdout(),
-            f"rendered {len(atom_set.atoms)} atoms ({atom_set.duration_s:.2f} s at {atom_set.sample_rate} Hz)\n"
-            f"wrote {out}",
-        )
+        indices = _chosen_atoms(atom_set, solo, where)
+        audio = render_atom_set(atom_set) if indices is None else render_subset(atom_set, indices)
+        residual_path = out.with_name(f"{out.stem}.residual.wav")
+        if stems_dir is not None and not force and stems_dir.is_dir() and any(stems_dir.iterdir()):
+            raise SplatError(f"{stems_dir} is not empty; pass --force to write the stems into it anyway")
+        if original is not None:
+            _refuse_to_overwrite(residual_path, force=force)
+            loaded = load_audio(original, sample_rate=None)
+            residual_audio = residual(loaded.samples, loaded.sample_rate, audio, atom_set.sample_rate)
+        console = _stdout()
+        write_audio(out, audio, atom_set.sample_rate)
+        what = f"{len(atom_set.atoms)} atoms" if indices is None else f"{len(indices)} of {len(atom_set.atoms)} atoms"
+        _say(console, f"rendered {what} ({atom_set.duration_s:.2f} s at {atom_set.sample_rate} Hz)\nwrote {out}")
+        if original is not None:
+            write_audio(residual_path, residual_audio, loaded.sample_rate)
+            _say(console, f"wrote {residual_path} (the residual, at {loaded.sample_rate} Hz)")
+        if stems_dir is not None:
+            n_stems = 0
+            for stem in stems(atom_set, indices):
+                write_audio(stems_dir / f"{stem.name}.wav", stem.audio, atom_set.sample_rate)
+                n_stems += 1
+            _say(console, f"wrote {n_stems} stems to {stems_dir}")
+
+
+def _chosen_atoms(atom_set: AtomSet, solo: str | None, where: str | None) -> list[int] | None:
+    """The atoms --solo and --where choose (both: those in both); None if neither is given."""
+    from splat.edit import select
+    from splat.listen import check_indices
+
+    if solo is None and where is None:
+        return None
+    chosen = select(atom_set, where)
+    if solo is not None:
+        try:
+            wanted = {int(part) for part in solo.split(",") if part.strip()}
+        except ValueError:
+            raise typer.BadParameter(
+                f"{solo!r} must be atom indices separated by commas", param_hint="'--solo'"
+            ) from None
+        chosen = [i for i in chosen if i in check_indices(atom_set, sorted(wanted))]
+    if not chosen:
+        raise ParameterError("no atom is chosen by --solo/--where; nothing to render")
+    return chosen
 
 
 @app.command("plot")
@@ -409,32 +474,176 @@ def _column_label(name: str) -> str:
     return name.replace("_", " ")
 
 
+#: Columns `splat info` shows by default (at most 100 characters wide); `--all` shows every field.
+_INFO_COLUMNS = ("index", "time_s", "note", "f0_hz", "gain_db", "decay_s", "mix", "duration_s", "noise_center_hz")
+
+
 @app.command("info")
 def info_command(
     atoms_json: Annotated[Path, typer.Argument(metavar="ATOMS.json", help="Atoms file written by `splat fit`.")],
+    all_fields: Annotated[bool, typer.Option("--all", help="Show every field (a wide table).")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print every field of every atom as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print every field of every atom as CSV.")] = False,
 ) -> None:
-    """List the atoms of an atoms JSON file, one row per atom."""
+    """List the atoms of an atoms JSON file, one row per atom (index, onset, note, f0, gain, ...)."""
+    import csv
+    import io
+    import json
+
+    from splat.edit import COLUMNS, atom_rows
+
     with _user_errors():
+        if as_json and as_csv:
+            raise typer.BadParameter("choose one of --json and --csv", param_hint="'--json'")
         atom_set = AtomSet.load(atoms_json)
+        rows = atom_rows(atom_set)
         console = _stdout()
+        if as_json:
+            _say(console, json.dumps(rows, indent=1))
+            return
+        if as_csv:
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            _say(console, buffer.getvalue().rstrip("\n"))
+            return
         _say(
             console,
-            f"{atoms_json}: {len(atom_set.atoms)} atoms, {atom_set.sample_rate} Hz, {atom_set.duration_s:.3f} s, "
-            f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials",
+            f"{atoms_json.name}: {len(atom_set.atoms)} atoms, {atom_set.duration_s:.3f} s at {atom_set.sample_rate} Hz",
         )
+        _say(console, f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials")
         if atom_set.floor:
             _say(console, _floor_summary(atom_set))
-        table = Table(
-            caption="mix: 0 = noise burst only, 1 = tone only; short_share: tone share ringing short_decay_s; "
-            "duration: onset to release (30 s = never released)"
-        )
-        table.add_column("#", justify="right")
-        for name in FIELDS:
-            table.add_column(_column_label(name), justify="right")
-        for index, atom in enumerate(atom_set.atoms):
-            values = [f"{atom.time_s:.3f}"] + [f"{getattr(atom, name):.4g}" for name in FIELDS[1:]]
-            table.add_row(str(index), *values)
+        columns = [c for c in COLUMNS if c not in ("midi", "n_atoms")] if all_fields else list(_INFO_COLUMNS)
+        # The default columns fit in 100 characters; `--where` names them as the JSON does (time_s, f0_hz, ...).
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+        for name in columns:
+            table.add_column("#" if name == "index" else _column_label(name), justify="right")
+        for row in rows:
+            table.add_row(*(_cell(name, row[name]) for name in columns))
         _print_table(console, table)
+        _say(console, "mix: 0 = noise burst only, 1 = tone only; duration: onset to release (30 s = never released)")
+
+
+def _cell(name: str, value: object) -> str:
+    """One table cell: onsets to the millisecond, f0 and gains to a tenth, mix to a hundredth, else 4 digits."""
+    digits = {"time_s": ".3f", "f0_hz": ".1f", "gain_db": ".1f", "mix": ".2f"}
+    if isinstance(value, float):
+        return format(value, digits.get(name, ".4g"))
+    return str(value)
+
+
+@app.command("edit")
+def edit_command(
+    ctx: typer.Context,
+    atoms_json: Annotated[Path, typer.Argument(metavar="IN.atoms.json", help="Atoms file to edit.")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT.atoms.json", help="Edited atoms file to write.")],
+    transpose: Annotated[
+        float | None, typer.Option(metavar="SEMITONES", help="Move f0 by this many semitones (12 = an octave up).")
+    ] = None,
+    shift: Annotated[float | None, typer.Option(metavar="SECONDS", help="Move onsets by this many seconds.")] = None,
+    stretch: Annotated[
+        float | None,
+        typer.Option(metavar="FACTOR", help="Scale onsets, durations and decays (pitch kept); above 1 is slower."),
+    ] = None,
+    gain: Annotated[float | None, typer.Option(metavar="DB", help="Add this many dB to the gain.")] = None,
+    decay: Annotated[float | None, typer.Option(metavar="FACTOR", help="Scale the ring times (decays).")] = None,
+    keep: Annotated[int | None, typer.Option(metavar="N", min=0, help="Keep only the N loudest atoms.")] = None,
+    drop: Annotated[bool, typer.Option("--drop", help="Remove the atoms.")] = False,
+    tonal_only: Annotated[bool, typer.Option("--tonal-only", help="Set mix to 1: tone, no noise burst.")] = False,
+    noise_only: Annotated[bool, typer.Option("--noise-only", help="Set mix to 0: noise burst, no tone.")] = False,
+    where: Annotated[
+        str | None,
+        typer.Option(
+            metavar="EXPR",
+            help='Edit only the atoms this selects, e.g. "f0_hz < 200 and time_s > 1.5", "note == \'C4\'",'
+            ' "index in [3, 7]". Columns: index, note, midi and the JSON fields.',
+        ),
+    ] = None,
+    clamp: Annotated[
+        bool, typer.Option("--clamp", help="Clamp values pushed out of range instead of refusing.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Edit atoms: the operations apply in the order given, to the atoms --where selects (all by default)."""
+    from splat.edit import Edit, edit, select
+
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        options = {
+            "transpose": transpose,
+            "shift": shift,
+            "stretch": stretch,
+            "gain": gain,
+            "decay": decay,
+            "keep": keep,
+            "drop": drop,
+            "tonal_only": tonal_only,
+            "noise_only": noise_only,
+        }
+        # Click records the options in the order they were given on the command line.
+        given = [name for name in ctx.params if name in options and options[name] not in (None, False)]
+        if not given:
+            raise typer.BadParameter("give at least one operation, e.g. --transpose 12", param_hint="'OPERATIONS'")
+        steps = [Edit(name, None if isinstance(options[name], bool) else options[name]) for name in given]
+        atom_set = AtomSet.load(atoms_json)
+        edited = edit(atom_set, steps, where=where, clamp=clamp)
+        edited.save(out)
+        n_in = len(atom_set.atoms)
+        scope = "" if where is None else f" on the {len(select(atom_set, where))} atoms --where selects"
+        _say(
+            _stdout(),
+            f"{' then '.join(given).replace('_', '-')}{scope}: {n_in} atoms in, {len(edited.atoms)} out\nwrote {out}",
+        )
+
+
+@app.command("morph")
+def morph_command(
+    a_json: Annotated[Path, typer.Argument(metavar="A.atoms.json", help="The atoms at amount 0.")],
+    b_json: Annotated[Path, typer.Argument(metavar="B.atoms.json", help="The atoms at amount 1.")],
+    amount: Annotated[float, typer.Option(help="How far from A towards B, in [0, 1].")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="OUT.atoms.json", help="Morphed atoms file to write.")],
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Morph two atom files: atoms matched by onset and pitch are interpolated, the others fade."""
+    from splat.morph import morph
+
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        morphed = morph(AtomSet.load(a_json), AtomSet.load(b_json), amount)
+        morphed.save(out)
+        _say(
+            _stdout(),
+            f"morphed {amount:g} of the way from {a_json} to {b_json}: {len(morphed.atoms)} atoms\nwrote {out}",
+        )
+
+
+@app.command("report")
+def report_command(
+    audio: Annotated[Path, typer.Argument(metavar="AUDIO", help="The recording (the one that was fit).")],
+    out: Annotated[Path, typer.Option("--out", "-o", metavar="REPORT.html", help="HTML file to write.")],
+    atoms_json: Annotated[
+        Path | None,
+        typer.Option("--atoms", metavar="ATOMS.json", help="Atoms fitted to AUDIO: draws, plays and scores them."),
+    ] = None,
+    visqol: Annotated[bool, typer.Option(help="Include ViSQOL in the metrics (slow on long audio).")] = True,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
+) -> None:
+    """Write one self-contained HTML page: the spectrogram with every atom on it, players, metrics, atom table."""
+    from splat.report import build_report
+
+    with _user_errors():
+        _refuse_to_overwrite(out, force=force)
+        if out.suffix.lower() not in (".html", ".htm"):
+            raise ParameterError(f"cannot write {out}: the report is HTML, so OUT must end in .html")
+        atom_set = None if atoms_json is None else AtomSet.load(atoms_json)
+        loaded = load_audio(audio, sample_rate=None if atom_set is None else atom_set.sample_rate)
+        page = build_report(
+            loaded.samples, loaded.sample_rate, atom_set, title=f"splat: {audio.name}", with_visqol=visqol
+        )
+        write_text_atomic(out, page)
+        _say(_stdout(), f"wrote {out} ({len(page.encode()) / 1e6:.1f} MB)")
 
 
 def _floor_summary(atom_set: AtomSet) -> str:

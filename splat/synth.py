@@ -9,6 +9,7 @@ floor (`splat.floor`).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -207,14 +208,34 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
         FormatError: If a field is out of its range (`AtomSet.validate`).
     """
     atom_set.validate()
+    out = torch.zeros(atom_set.n_samples, dtype=torch.float64, device=device)
+    for _, first, audio in atom_signals(atom_set, range(len(atom_set.atoms)), device=device):
+        out[first : first + audio.numel()] += audio
+    first, audio = floor_signal(atom_set, device=device)
+    out[first : first + audio.numel()] += audio
+    return (out / atom_set.gain).float().cpu().numpy()
+
+
+def atom_signals(
+    atom_set: AtomSet, indices: Iterable[int], *, device: torch.device | str = "cpu"
+) -> Iterator[tuple[int, int, Tensor]]:
+    """Render atoms one at a time, each only over its own support, at the normalised level.
+
+    Args:
+        atom_set: A validated AtomSet.
+        indices: Positions in `atom_set.atoms` to render, in the order to yield them.
+
+    Yields:
+        (index, first sample, audio of shape (support,), float64), for each index whose
+        support is not empty; divide by `atom_set.gain` for the original level.
+    """
     sr = atom_set.sample_rate
     n = atom_set.n_samples
-    out = torch.zeros(n, dtype=torch.float64, device=device)
     params, seeds = atom_set.to_params(device=device)
     n_noise = noise_length(sr)
     # One atom at a time, each over its own support: grouping atoms would render every
     # one of them over the longest tail in the group.
-    for i in range(len(atom_set.atoms)):
+    for i in indices:
         group = torch.tensor([i], device=device)
         sub = params.select(group)
         first = int(math.floor(float(sub.time_s.min()) * sr))
@@ -231,11 +252,22 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
             envelope=atom_set.envelope,
             n_partials=atom_set.n_partials,
         )
-        out[first:last] += audio.sum(dim=(0, 1))
+        yield i, first, audio.sum(dim=(0, 1))
+
+
+def floor_signal(atom_set: AtomSet, *, device: torch.device | str = "cpu") -> tuple[int, Tensor]:
+    """Every segment's noise floor (`splat.floor`) at the normalised level.
+
+    Returns:
+        (first sample, audio of shape (n,), float64); n is 0 without a floor.
+    """
+    sr = atom_set.sample_rate
+    n = atom_set.n_samples
+    out = torch.zeros(n, dtype=torch.float64, device=device)
     for segment in atom_set.floor:
         level_db = torch.tensor(segment.level_db, dtype=torch.float64, device=device)
         first, audio = render_floor_segment(
             level_db, segment.start_s, segment.end_s, segment.noise_seed, sample_rate=sr, n_file=n
         )
         out[first : first + audio.numel()] += audio
-    return (out / atom_set.gain).float().cpu().numpy()
+    return (0, out) if atom_set.floor else (0, out[:0])

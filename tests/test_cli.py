@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import get_args
 
@@ -296,10 +297,40 @@ def test_info_lists_every_atom_with_units(atoms_json):
 
 
 def test_info_never_cuts_numbers_on_a_narrow_terminal(atoms_json):
-    result = CliRunner().invoke(app, ["info", str(atoms_json)], env={"COLUMNS": "60"})
+    result = CliRunner().invoke(app, ["info", str(atoms_json), "--all"], env={"COLUMNS": "60"})
     assert result.exit_code == 0, result.output
     assert "…" not in result.stdout
     assert "noise bandwidth (Hz)" in result.stdout
+
+
+def test_info_fits_100_columns_by_default_and_names_the_notes(tmp_path):
+    many = hand_made_atom_set()
+    many = replace(many, atoms=many.atoms * 400)  # 1200 atoms: a four-digit index
+    path = tmp_path / ("a-long-folder-name" * 4) / "many.atoms.json"
+    path.parent.mkdir()
+    many.save(path)
+    result = CliRunner().invoke(app, ["info", str(path)], env={"COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert len(lines) > 1200
+    assert max(len(line) for line in lines) <= 100
+    assert sum(" A3 " in line and " 220.0 " in line for line in lines) == 400
+    wide = run("info", path, "--all").stdout
+    assert max(len(line) for line in wide.splitlines()) > 100
+    assert "noise bandwidth (Hz)" in wide and "noise bandwidth (Hz)" not in result.stdout
+
+
+def test_info_json_and_csv_hold_every_field(atoms_json):
+    rows = json.loads(run("info", atoms_json, "--json").stdout)
+    atoms = hand_made_atom_set().atoms
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert [r["note"] for r in rows] == ["A3", "A4", "E5"]
+    derived = ("index", "note", "midi", "rank", "n_atoms")
+    assert [Atom(**{k: v for k, v in r.items() if k not in derived}) for r in rows] == list(atoms)
+    lines = run("info", atoms_json, "--csv").stdout.splitlines()
+    assert lines[0].split(",")[:6] == ["index", "note", "midi", "rank", "n_atoms", "time_s"]
+    assert len(lines) == 4 and lines[1].startswith("0,A3,57,0,3,0.02,")
+    assert_one_error_line(run("info", atoms_json, "--json", "--csv"), mentions="one of --json and --csv")
 
 
 def test_info_after_fit_lists_the_fitted_atoms(fitted):
