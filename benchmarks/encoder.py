@@ -37,6 +37,7 @@ import numpy as np
 import soundfile as sf
 from quality import CLIP_SAMPLES, MethodOutput, machine, score
 
+from splat.encoder import Encoder, n_parameters
 from splat.evaluate import load_ground_truth, mrstft_distance, note_events_from_atoms
 from splat.files import write_text_atomic
 from splat.fitting import FitConfig, fit
@@ -62,13 +63,34 @@ def _fit_clip(audio: np.ndarray, sample_rate: int, init: str, n_iters: int, seed
     return output, seconds
 
 
-def _cli_seconds(path: Path, init: str, n_iters: int, seed: int) -> float:
+def _cli_seconds(path: Path, init: str, n_iters: int | None, seed: int) -> float:
+    """Wall time of `splat fit` in a fresh process (default iterations when n_iters is None)."""
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, str(ROOT / "cli.py"), "fit", str(path), "-o", out, "--quiet"]
-        command += ["--init", init, "--iters", str(n_iters), "--seed", str(seed)]
+        command += ["--init", init, "--seed", str(seed)]
+        command += [] if n_iters is None else ["--iters", str(n_iters)]
         start = time.perf_counter()
         subprocess.run(command, check=True)
         return time.perf_counter() - start
+
+
+def _network(audio: np.ndarray) -> dict[str, Any]:
+    """The shipped network's size and its inference time on one 2^15-sample clip (median of 20, after 3 warm-ups)."""
+    import torch
+
+    encoder = Encoder.load()
+    times = []
+    for i in range(23):
+        start = time.perf_counter()
+        encoder.outputs(audio)
+        if i >= 3:
+            times.append(time.perf_counter() - start)
+    return {
+        "parameters": n_parameters(encoder.net),
+        "inference_ms": 1000 * float(np.median(times)),
+        "threads": torch.get_num_threads(),
+        "sha256": encoder.sha256,
+    }
 
 
 def _mean(rows: list[dict], key: str) -> float | None:
@@ -82,10 +104,15 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def report(results: dict[str, Any], commands: list[str]) -> str:
     clips = results.get("clips", {})
+    network = results.get("network", {})
     lines = [
         "# Encoder: quality against wall time",
         "",
         f"Generated {datetime.datetime.now().astimezone().isoformat(timespec='seconds')} on {machine()}.",
+        "",
+        f"Shipped network: {network.get('parameters', 0):,} parameters, weights sha256 {network.get('sha256', '?')[:16]}...;"
+        f" inference on one 1.49 s clip {network.get('inference_ms', float('nan')):.1f} ms (median of 20,"
+        f" {network.get('threads', '?')} torch threads).",
         "",
         "Commands:",
         "",
@@ -95,6 +122,9 @@ def report(results: dict[str, Any], commands: list[str]) -> str:
         "time in process per clip (after a warm-up), `CLI s` a fresh `splat fit` of piano_scale_ms (start-up",
         "included). Note F1 over the piano and violin clips, onset F1 on the drums, events/note is event atoms",
         "(within 30 dB of the loudest) per true note.",
+        f"`splat fit {CLI_CLIP}.wav` at the default {FitConfig().n_iters} iterations, in a fresh process: "
+        + ", ".join(f"--init {init} {_fmt(results.get('cli', {}).get(f'{init}/default/0'), 2)} s" for init in INITS)
+        + " (the faster of two runs).",
         "",
         "| init | iters | seed | clips | MR-STFT ↓ | log-mel dB ↓ | ViSQOL ↑ | note F1 ↑ | events/note | drum onset F1 ↑"
         " | fit s | CLI s |",
@@ -229,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
 
     # Warm-up: imports, the native kernels' build, librosa's first onset detection, the encoder's weights.
     warm, rate = sf.read(str(args.audio_dir / f"{clips[0]}.wav"), dtype="float32")
+    if "encoder" in args.inits:
+        results["network"] = _network(warm)
+        save()
     for init in args.inits:
         fit(warm, rate, FitConfig(n_iters=2, init=init))
     for clip in clips:
@@ -262,6 +295,14 @@ def main(argv: list[str] | None = None) -> int:
                 results["cli"][key] = _cli_seconds(args.audio_dir / f"{CLI_CLIP}.wav", init, n_iters, args.seed)
                 save()
                 print(f"CLI {key}: {results['cli'][key]:.2f} s", file=sys.stderr, flush=True)
+    if not args.no_cli:
+        for init in args.inits:
+            key = f"{init}/default/{args.seed}"
+            if not (args.skip_done and key in results["cli"]):
+                # Twice: the first run of a fresh checkout also builds the native kernels.
+                runs = [_cli_seconds(args.audio_dir / f"{CLI_CLIP}.wav", init, None, args.seed) for _ in range(2)]
+                results["cli"][key] = min(runs)
+                save()
     if not args.no_long:
         audio, sample_rate = sf.read(str(args.audio_dir / f"{LONG}.wav"), dtype="float32")
         for init, n_iters in LONG_SETTINGS:
