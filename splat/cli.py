@@ -369,7 +369,10 @@ def fit_command(
     ray_address: Annotated[
         str | None,
         typer.Option(
-            "--ray-address", metavar="ADDR", help="Ray cluster to use (e.g. auto); default: start Ray on this machine."
+            "--ray-address",
+            metavar="ADDR",
+            help="Address of a running Ray cluster (e.g. auto).",
+            show_default="start Ray on this machine",
         ),
     ] = None,
 ) -> None:
