@@ -644,7 +644,7 @@ def _run_in_workers(
                 holding[pid] = None
                 remaining.discard(payload.index)
                 yield payload.index, payload.record
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C here, or in the caller while it holds a record
         stop.set()
         _forward_until_exit(workers, events, emit)
         raise

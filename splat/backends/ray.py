@@ -64,7 +64,7 @@ def run_on_ray(jobs: list[FileJob], *, address: str | None) -> Iterator[tuple[in
                 except ray.exceptions.RayError as exc:
                     record = failed_record(job, f"the Ray task failed: {str(exc).splitlines()[0]}")
                 yield job.index, record
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, GeneratorExit):  # Ctrl-C here, or in the caller while it holds a record
             for ref in pending:
                 ray.cancel(ref)
             raise
