@@ -184,7 +184,7 @@ def write_report(
     iters = "default settings" if args.iters is None else f"default settings but --iters {args.iters}"
     header = "| mode | files | wall (s) | files/min | audio s per s | peak RSS per worker (MB) | " + " | ".join(
         f"34 h on {n} machine{'s' * (n > 1)} (h)" for n in MACHINES
-    )
+    ) + " |"
     lines = [
         "# Batch fitting throughput",
         "",
@@ -213,8 +213,12 @@ def write_report(
     lines += [
         "",
         f"Rerun of the finished `--jobs 1` batch (every file up to date, skipped): {rerun_s:.1f} s for the whole"
-        f" command, of which {checking_s:.2f} s hashing inputs and reading outputs ({1000 * checking_s / args.clips:.0f}"
+        f" command, of which {checking_s:.3f} s hashing inputs and reading outputs ({1000 * checking_s / args.clips:.0f}"
         " ms per file); the rest is start-up (importing torch).",
+        "",
+        f"Torch threads: {n_cores} in the one fitting process of the first two modes (torch's default), 1 in"
+        " each of the two workers or Ray tasks of the last two. On a busy machine the modes with more threads"
+        " than free cores suffer most (OpenMP threads wait for each other).",
         "",
         "Peak RSS per worker: the largest peak RSS (VmHWM) among the command's processes: the one fitting process,"
         " a worker, or a Ray worker running a task. Hours for 34 h of audio: 34 h / (audio seconds fitted per"

@@ -360,6 +360,8 @@ def fit_file(
     if found.note is not None:
         emit(FileNote(job.index, job.input_path, found.note))
     if found.state is not None:
+        kept = f"{found.state.n_done} of {found.state.n_chunks} chunks"
+        emit(FileNote(job.index, job.input_path, f"resuming from {job.outputs.checkpoint}: {kept} kept"))
         emit(ChunkKept(job.index, found.state.n_done, found.state.n_chunks))
 
     def on_step(progress: FitProgress) -> None:
@@ -484,7 +486,7 @@ def fit_many(
         backend: "local" or "ray" (needs `pip install splat[ray]`; see `splat.backends.ray`).
         force: Fit files whose outputs are up to date too.
         n_threads: Torch threads per file (per Ray task: its CPUs); default `worker_threads(jobs)`
-            (with `jobs=1` locally: torch's own default).
+            (with `jobs=1` locally: torch's own default; a value given is then set in this process).
         ray_address: Address of a running Ray cluster; None starts Ray on this machine
             unless it is already started in this process.
         callback: Receives every `BatchEvent`, in this process.

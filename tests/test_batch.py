@@ -277,19 +277,19 @@ def test_ctrl_c_in_the_second_chunk_then_rerun_resumes_to_the_same_bytes(tmp_pat
     script = tmp_path / "splat_observed.py"
     script.write_text(_INTERRUPTING_SPLAT)
     log = tmp_path / "chunks.log"
-    options = ["--atoms", "2", "--iters", "6", "--segment-s", "0.1", "--quiet"]
+    options = ["--atoms", "2", "--iters", "6", "--segment-s", "0.1"]
 
-    def splat(out: Path, interrupt_chunk: str = "") -> subprocess.CompletedProcess:
+    def splat(out: Path, *more: str, interrupt_chunk: str = "") -> subprocess.CompletedProcess:
         log.unlink(missing_ok=True)
         env = os.environ | {"CHUNK_LOG": str(log), "INTERRUPT_CHUNK": interrupt_chunk}
-        command = [sys.executable, str(script), "fit", str(clip), "-o", str(out), *options]
+        command = [sys.executable, str(script), "fit", str(clip), "-o", str(out), *options, *more]
         return subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
 
-    whole = run("fit", clip, "-o", tmp_path / "whole", *options)
+    whole = run("fit", clip, "-o", tmp_path / "whole", *options, "--quiet")
     assert whole.exit_code == 0, whole.output
 
     out = tmp_path / "out"
-    stopped = splat(out, interrupt_chunk="1")
+    stopped = splat(out, "--quiet", interrupt_chunk="1")
     assert stopped.returncode == 130, stopped.stderr
     assert "interrupted: 1 of 2 chunks kept; run the same command to resume" in stopped.stderr
     assert "Traceback" not in stopped.stderr
@@ -298,6 +298,7 @@ def test_ctrl_c_in_the_second_chunk_then_rerun_resumes_to_the_same_bytes(tmp_pat
     resumed = splat(out)
     assert resumed.returncode == 0, resumed.stderr
     assert log.read_text().split() == ["1"], "the rerun fits only the second chunk"
+    assert "resuming from" in resumed.stderr and "1 of 2 chunks kept" in resumed.stderr
     assert all_files(out) == {"clip.atoms.json", "clip.recon.wav"}
     assert outputs(out) == outputs(tmp_path / "whole")
 
