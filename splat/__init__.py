@@ -6,10 +6,12 @@ proposal = splat.Encoder.load().propose(audio, sample_rate)  # the encoder's ato
 result.atoms.save("x.atoms.json")
 audio = splat.render(splat.AtomSet.load("x.atoms.json"))
 edited = splat.edit(result.atoms, [splat.Edit("transpose", 12)], where="note == 'C4'")
+records = splat.fit_many(["songs/"], "out/", splat.FitConfig(), jobs=2)   # -> [RunRecord], out/splat-run.jsonl
 """
 
 from splat.atoms import Atom, AtomSet
 from splat.audio import load_audio, write_audio
+from splat.batch import RunRecord, fit_many
 from splat.edit import Edit, edit, select
 from splat.encoder import Encoder
 from splat.errors import AudioError, FormatError, ParameterError, SplatError
@@ -29,9 +31,11 @@ __all__ = [
     "FitResult",
     "FormatError",
     "ParameterError",
+    "RunRecord",
     "SplatError",
     "edit",
     "fit",
+    "fit_many",
     "load_audio",
     "morph",
     "render",

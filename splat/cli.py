@@ -1,5 +1,9 @@
 """The `splat` command line: fit, render, info and eval, each a thin wrapper over one library call.
 
+`splat fit` takes one file (`splat.batch.fit_file`) or many (`splat.batch.fit_many`:
+files, folders, `@list.txt`), and draws the progress bars and the summary from
+their events.
+
 Every command reports the errors a user can fix (`SplatError`, bad option
 values) as one `error: ...` line on stderr with exit code 1, and writes its
 outputs atomically, so a failed run leaves no file behind.
@@ -12,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from importlib.metadata import version as installed_version
 from pathlib import Path
-from typing import Annotated, Literal, cast
+from typing import TYPE_CHECKING, Annotated, Literal, cast
 
 import typer
 from rich import box
@@ -32,21 +36,25 @@ from rich.table import Table
 from rich.text import Text
 
 from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
-from splat.audio import LoadedAudio, load_audio, output_format, write_audio
+from splat.audio import load_audio, output_format, write_audio
 from splat.errors import ParameterError, SplatError
 from splat.evaluate import evaluate_pair, load_ground_truth
-from splat.files import atomic_path, write_text_atomic
-from splat.fitting import FitConfig, FitProgress, fit
+from splat.files import write_text_atomic
+from splat.fitting import FitConfig, FitProgress
 from splat.floor import band_centres_hz as floor_band_centres_hz
 from splat.plot import plot_atoms
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
 from splat.training.train import TrainConfig
 
+if TYPE_CHECKING:
+    from splat.batch import BatchEvent, RunRecord
+
 # Choices, spelled out so `--help` lists them and a typo fails before any work;
 # tests/test_cli.py checks they match the library's own lists. FitConfig types
 # these fields as plain str, hence the casts of its defaults below.
 Device = Literal["cpu", "cuda"]
+Backend = Literal["local", "ray"]
 Engine = Literal["fast", "reference"]
 Envelope = Literal["gamma", "gaussian"]
 Init = Literal["encoder", "analysis", "random"]
@@ -197,6 +205,57 @@ class _FitBars:
         )
 
 
+class _BatchBars:
+    """Rich progress bars fed by `fit_many`'s events: one over files, and one per file being fitted.
+
+    Failed files are reported as `error: <file>: <why>` lines above the bars, also with --quiet.
+    """
+
+    def __init__(self, progress: Progress, *, quiet: bool) -> None:
+        self._progress = progress
+        self._quiet = quiet
+        self._files: TaskID | None = None
+        self._fitting: dict[int, TaskID] = {}
+        self._done: dict[str, int] = {}
+        self.record_path: Path | None = None
+
+    def __enter__(self) -> _BatchBars:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, event: BatchEvent) -> None:
+        from splat.batch import BatchStart, FileDone, FileNote, FileStep
+
+        console = self._progress.console
+        if isinstance(event, BatchStart):
+            self.record_path = event.record_path
+            self._files = self._progress.add_task("files", total=event.n_files, info="")
+        elif isinstance(event, FileStep):
+            update = event.progress
+            description = f"{event.path.name} chunk {update.chunk + 1}/{update.n_chunks}"
+            if event.index not in self._fitting:
+                self._fitting[event.index] = self._progress.add_task(description, total=update.n_steps, info="")
+            info = f"loss {update.loss:.4f}, {update.n_active} atoms"
+            self._progress.update(self._fitting[event.index], description=description, completed=update.step, info=info)
+        elif isinstance(event, FileNote) and not self._quiet:
+            console.print(f"{event.path}: {event.message}", markup=False, highlight=False, soft_wrap=True)
+        elif isinstance(event, FileDone):
+            if event.index in self._fitting:
+                self._progress.remove_task(self._fitting.pop(event.index))
+            record = event.record
+            self._done[record.status] = self._done.get(record.status, 0) + 1
+            if self._files is not None:
+                info = ", ".join(f"{n} {status}" for status, n in self._done.items())
+                self._progress.update(self._files, advance=1, info=info)
+            if record.status == "failed":
+                error = record.error or ""
+                message = error if record.input in error else f"{record.input}: {error}"
+                console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+
+
 def _progress_bars(console: Console, *, disable: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -211,17 +270,16 @@ def _progress_bars(console: Console, *, disable: bool) -> Progress:
     )
 
 
-def _announce_conversions(loaded: LoadedAudio, console: Console) -> None:
-    if loaded.n_channels > 1:
-        channels = "stereo" if loaded.n_channels == 2 else f"{loaded.n_channels}-channel"
-        _say(console, f"{channels} input mixed to mono")
-    if loaded.source_sample_rate != loaded.sample_rate:
-        _say(console, f"resampled from {loaded.source_sample_rate} Hz to {loaded.sample_rate} Hz")
-
-
 @app.command("fit")
 def fit_command(
-    audio: Annotated[Path, typer.Argument(metavar="AUDIO", help="Recording to fit: WAV, FLAC, OGG, MP3, ...")],
+    audio: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="AUDIO...",
+            help="Recordings to fit (WAV, FLAC, OGG, MP3, ...), folders (searched recursively) and @list.txt files"
+            " (one path per line).",
+        ),
+    ],
     n_atoms: Annotated[
         int,
         typer.Option(
@@ -301,19 +359,48 @@ def fit_command(
             "--out-dir",
             "-o",
             file_okay=False,
-            help="Folder for <stem>.atoms.json and <stem>.recon.wav.",
+            help="Folder for <stem>.atoms.json and <stem>.recon.wav; several inputs: their tree mirrored below it,"
+            " and the run record splat-run.jsonl.",
             show_default="the input's folder",
         ),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite existing outputs (several inputs: refit up-to-date ones too).")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Print only errors.")] = False,
+    jobs: Annotated[
+        int, typer.Option("--jobs", "-j", min=1, help="Files fitted at once, each in its own worker process.")
+    ] = 1,
+    n_threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="Torch threads per file (with --backend ray: CPUs per task).",
+            show_default="cores // --jobs, at least 1",
+        ),
+    ] = None,
+    backend: Annotated[
+        Backend, typer.Option(help="Where files are fitted: local processes, or Ray tasks (pip install splat[ray]).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address",
+            metavar="ADDR",
+            help="Address of a running Ray cluster (e.g. auto).",
+            show_default="start Ray on this machine",
+        ),
+    ] = None,
 ) -> None:
-    """Fit AUDIO with atoms; write <stem>.atoms.json and the reconstruction <stem>.recon.wav."""
+    """Fit AUDIO with atoms; write <stem>.atoms.json and the reconstruction <stem>.recon.wav.
+
+    Several inputs are a batch: files already fitted with the same input and settings are
+    skipped, a file that fails is reported and the rest go on (exit code 1 at the end), and
+    each finished file is appended to splat-run.jsonl. After every chunk a fit keeps a
+    checkpoint (<stem>.partial.json): after Ctrl-C, run the same command to resume.
+    """
     with _user_errors():
-        folder = audio.parent if out_dir is None else out_dir
-        json_path = folder / f"{audio.stem}.atoms.json"
-        wav_path = folder / f"{audio.stem}.recon.wav"
-        _refuse_to_overwrite(json_path, wav_path, force=force)
         config = FitConfig(
             n_atoms=n_atoms,
             n_iters=n_iters,
@@ -328,25 +415,130 @@ def fit_command(
             sample_rate=sample_rate,
             init=init,
         )
+        single = len(audio) == 1 and not str(audio[0]).startswith("@") and not audio[0].is_dir()
+        if single and backend == "local":
+            _fit_one(audio[0], config, out_dir=out_dir, force=force, quiet=quiet)
+            return
         # Catch a bad option (or a missing GPU) before reading audio and fitting.
         config.validate()
-        loaded = load_audio(audio, sample_rate=sample_rate)
-        log = _stderr()
-        if not quiet:
-            _announce_conversions(loaded, log)
         tune_allocator()
+        failed = _fit_batch(
+            audio,
+            config,
+            out_dir=out_dir,
+            force=force,
+            quiet=quiet,
+            jobs=jobs,
+            n_threads=n_threads,
+            backend=backend,
+            ray_address=ray_address,
+        )
+    if failed:
+        raise typer.Exit(code=1)
+
+
+def _interrupted(n_chunks_kept: int, n_chunks: int, files: str = "") -> typer.Exit:
+    """Say what an interrupted fit kept; the exit (code 130, as after SIGINT) to raise."""
+    _say(_stderr(), f"interrupted: {n_chunks_kept} of {n_chunks} chunks kept{files}; run the same command to resume")
+    return typer.Exit(code=130)
+
+
+def _fit_one(audio: Path, config: FitConfig, *, out_dir: Path | None, force: bool, quiet: bool) -> None:
+    """`splat fit AUDIO`: refuse to overwrite without --force; any problem is an error."""
+    from splat.batch import ChunkTally, FileJob, FileNote, FileStep, OutputPaths, fit_file
+
+    outputs = OutputPaths.beside(audio.parent if out_dir is None else out_dir, audio.stem)
+    _refuse_to_overwrite(outputs.atoms_json, outputs.recon_wav, force=force)
+    # Catch a bad option (or a missing GPU) before reading audio and fitting.
+    config.validate()
+    tune_allocator()
+    log = _stderr()
+    tally = ChunkTally()
+    try:
         with _FitBars(_progress_bars(log, disable=quiet)) as bars:
-            result = fit(loaded.samples, loaded.sample_rate, config, callback=bars)
-        # Both files appear together or not at all.
-        with atomic_path(json_path) as json_tmp, atomic_path(wav_path) as wav_tmp:
-            result.atoms.save(json_tmp)
-            write_audio(wav_tmp, result.reconstruction, loaded.sample_rate)
-        if not quiet:
-            _say(
-                _stdout(),
-                f"atoms kept: {len(result.atoms.atoms)} for {loaded.duration_s:.2f} s of audio\n"
-                f"wrote {json_path}\nwrote {wav_path}",
+
+            def on_event(event: BatchEvent) -> None:
+                tally(event)
+                if isinstance(event, FileStep):
+                    bars(event.progress)
+                elif isinstance(event, FileNote) and not quiet:
+                    _say(log, event.message)
+
+            record = fit_file(FileJob(0, audio, outputs, config), on_event=on_event)
+    except KeyboardInterrupt:
+        raise _interrupted(*tally.kept()) from None
+    if not quiet:
+        _say(
+            _stdout(),
+            f"atoms kept: {record.n_atoms} for {record.duration_s:.2f} s of audio\n"
+            f"wrote {outputs.atoms_json}\nwrote {outputs.recon_wav}",
+        )
+
+
+def _fit_batch(
+    sources: list[Path],
+    config: FitConfig,
+    *,
+    out_dir: Path | None,
+    force: bool,
+    quiet: bool,
+    jobs: int,
+    n_threads: int | None,
+    backend: str,
+    ray_address: str | None,
+) -> bool:
+    """`splat fit` of several inputs: a bar over files, bars for the files being fitted, a summary.
+
+    Returns:
+        Whether any file failed.
+    """
+    from splat.batch import BatchInterrupted, fit_many
+
+    log = _stderr()
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=log,
+        disable=quiet,
+    )
+    bars = _BatchBars(progress, quiet=quiet)
+    try:
+        with bars:
+            records = fit_many(
+                [str(s) for s in sources],
+                out_dir,
+                config,
+                jobs=jobs,
+                backend=backend,
+                force=force,
+                n_threads=n_threads,
+                ray_address=ray_address,
+                callback=bars,
             )
+    except BatchInterrupted as stop:
+        raise _interrupted(
+            stop.n_chunks_kept, stop.n_chunks, f" ({len(stop.records)} of {stop.n_files} files done)"
+        ) from None
+    if not quiet:
+        _print_table(_stdout(), _batch_summary(records))
+        _say(_stdout(), f"run record: {bars.record_path}")
+    return any(r.status == "failed" for r in records)
+
+
+def _batch_summary(records: list[RunRecord]) -> Table:
+    """One row per status: files, seconds of audio, seconds of work."""
+    table = Table("status")
+    for column in ("files", "audio (s)", "wall (s)"):
+        table.add_column(column, justify="right")
+    for status in ("ok", "skipped", "failed"):
+        group = [r for r in records if r.status == status]
+        if group:
+            audio_s = sum(r.duration_s or 0.0 for r in group)
+            table.add_row(status, str(len(group)), f"{audio_s:.1f}", f"{sum(r.wall_s for r in group):.1f}")
+    return table
 
 
 @app.command("render")

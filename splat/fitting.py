@@ -29,6 +29,7 @@ from torch import Tensor
 
 from splat import analysis, dsp, floor, spectral, synth
 from splat.atoms import ENVELOPES, GAIN_RANGE, Atom, AtomSet, FloorSegment
+from splat.checkpoint import FitState
 from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
@@ -248,6 +249,8 @@ def fit(
     callback: Callable[[FitProgress], None] | None = None,
     init: str | None = None,
     encoder: Encoder | None = None,
+    checkpoint: Callable[[FitState], None] | None = None,
+    resume: FitState | None = None,
 ) -> FitResult:
     """Fit atoms to mono audio.
 
@@ -258,12 +261,16 @@ def fit(
         callback: Called with a `FitProgress` after every step.
         init: Shorthand for `config.init` (replaces it when given).
         encoder: The encoder to start from with init "encoder" (default: `Encoder.load()`, the shipped weights).
+        checkpoint: Called with the `FitState` after every chunk but the last (e.g. to save it).
+        resume: A state `checkpoint` was given for this audio and config: the fit goes on
+            from there, and returns exactly what an uninterrupted fit returns.
 
     Returns:
         A `FitResult`; `reconstruction` is `render_atom_set(result.atoms)`.
 
     Raises:
-        ParameterError: on an invalid config or a sample-rate mismatch.
+        ParameterError: on an invalid config, a sample-rate mismatch, or a `resume` state of
+            another number of chunks.
         AudioError: on audio that is not mono, empty, too short (under one frame of the shortest STFT),
             silent, too loud (peak above 1e6) or non-finite.
         SplatError: with init "encoder", if the shipped weights are missing or corrupt.
@@ -328,7 +335,15 @@ def fit(
     floors: list[FloorSegment] = []
     losses: list[list[float]] = []
     previous: tuple[AtomParams, Tensor | None, Tensor] | None = None
+    if resume is not None:
+        if resume.n_chunks != len(chunks):
+            raise ParameterError(f"cannot resume: the state has {resume.n_chunks} chunks, this fit {len(chunks)}")
+        rng.bit_generator.state = resume.rng_state
+        atoms, floors, losses = list(resume.atoms), list(resume.floors), [list(h) for h in resume.losses]
+        previous = resume.background(device)
     for c, segments in enumerate(chunks):
+        if resume is not None and c < resume.n_done:
+            continue
         region = _region(segments, seg, n, last=c == len(chunks) - 1)
         chunk = _fit_chunk(
             target,
@@ -351,6 +366,20 @@ def fit(
         last_segment = AtomParams(**{k: v[-1:] for k, v in vars(chunk.params).items()})
         last_floor = None if chunk.floor_db is None else chunk.floor_db[-1:]
         previous = (last_segment, last_floor, torch.tensor(region.segment_starts[-1:], device=device))
+        if checkpoint is not None and c < len(chunks) - 1:
+            checkpoint(
+                FitState(
+                    n_done=c + 1,
+                    n_chunks=len(chunks),
+                    rng_state=rng.bit_generator.state,
+                    atoms=tuple(atoms),
+                    floors=tuple(floors),
+                    losses=tuple(tuple(h) for h in losses),
+                    tail=last_segment,
+                    tail_floor_db=last_floor,
+                    tail_start=region.segment_starts[-1],
+                )
+            )
 
     atom_set = AtomSet(
         atoms=(),

@@ -21,7 +21,8 @@ from typer.main import get_command
 from typer.testing import CliRunner, Result
 
 from splat.atoms import ENVELOPES, Atom, AtomSet
-from splat.cli import Engine, Envelope, app
+from splat.batch import BACKENDS
+from splat.cli import Backend, Engine, Envelope, app
 from splat.fitting import ENGINES
 from splat.synth import render_atom_set
 
@@ -126,6 +127,7 @@ def test_every_fit_option_states_its_default():
 def test_choices_match_the_library():
     assert get_args(Envelope) == ENVELOPES
     assert get_args(Engine) == ENGINES
+    assert get_args(Backend) == BACKENDS
 
 
 def test_shim_runs_from_a_checkout():
