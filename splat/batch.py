@@ -309,8 +309,17 @@ def file_sha256(path: str | Path) -> str:
 
 
 def config_sha256(config: FitConfig) -> str:
-    """SHA-256 of the fit settings (every `FitConfig` field, as the JSON `config` records them)."""
-    return hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()
+    """SHA-256 of the fit settings (every `FitConfig` field, as the JSON `config` records them).
+
+    With init "encoder" the shipped weights' own hash is part of it: retrained weights refit a batch.
+    """
+    settings = asdict(config)
+    if config.init == "encoder":
+        from splat.encoder import WEIGHTS_DIR, weights_hash
+
+        weights = WEIGHTS_DIR / "encoder.pt"
+        settings["encoder_sha256"] = weights_hash(weights) if weights.is_file() else None
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
 def fit_file(

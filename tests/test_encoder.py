@@ -344,3 +344,14 @@ def test_cli_encoder_train_refuses_the_benchmark_folder(tmp_path):
     assert result.exit_code == 1
     assert result.output.strip().startswith("error:") and "benchmark" in result.output
     assert not inside.exists()
+
+
+def test_batch_config_hash_follows_the_encoder_weights(tmp_path, monkeypatch):
+    from splat.batch import config_sha256
+
+    config = splat.FitConfig(init="encoder")
+    monkeypatch.setattr(encoder_module, "WEIGHTS_DIR", _saved(tmp_path, seed=0).parent)
+    first = config_sha256(config)
+    monkeypatch.setattr(encoder_module, "WEIGHTS_DIR", _saved(tmp_path / "other", seed=1).parent)
+    assert config_sha256(config) != first  # retrained weights: the batch refits
+    assert config_sha256(splat.FitConfig(init="analysis")) == config_sha256(splat.FitConfig(init="analysis"))
