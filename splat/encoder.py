@@ -9,7 +9,8 @@ Onsets and Frames), rather than a fixed set of unordered slots:
   (a harmonic stack: a pitch's partials line up in one column of channels);
 - a small fully convolutional network over (frames x pitch bins): a strided stem down
   to one bin per semitone, residual blocks dilated in time (about +-0.35 s of
-  context: a note already ringing is not new), one block an octave wide in pitch;
+  context: a note already ringing is not new), one block that reads each pitch at musical
+  intervals (fifths, octaves, twelfths: where doubled and hidden notes show);
 - output per cell (frame m, semitone k): the logit of "an atom starts here", the
   onset's and the f0's offsets within the cell, and the other 16 fields in the raw
   (unconstrained) space of `splat.params`, which maps them to physical units;

@@ -283,9 +283,7 @@ def render_clip(rng: np.random.Generator, *, n_samples: int = CLIP_SAMPLES) -> C
         atoms = [family_atom("struck", rng, time_s=pre_roll_s + 0.05, midi=60.0, gain_db=-10.0)]
     bounds = Bounds.for_sample_rate(CLIP_RATE)
     records = [
-        Atom(**{k: v for k, v in a.items()}, noise_seed=int(rng.integers(0, 2**62)))
-        for a in atoms
-        if a["time_s"] < duration_s + pre_roll_s
+        Atom(**a, noise_seed=int(rng.integers(0, 2**62))) for a in atoms if a["time_s"] < duration_s + pre_roll_s
     ]
     total = pre_roll_s + duration_s
     atom_set = AtomSet(

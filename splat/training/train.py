@@ -21,7 +21,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from splat.encoder import ENCODER_RATE, HOP, Encoder, EncoderConfig, EncoderNet, decode, features, n_parameters
+from splat.encoder import (
+    ENCODER_RATE,
+    HOP,
+    N_FFTS,
+    Encoder,
+    EncoderConfig,
+    EncoderNet,
+    decode,
+    features,
+    log_frequency_filters,
+    n_parameters,
+)
 from splat.errors import ParameterError
 from splat.files import atomic_path
 from splat.params import FIELDS, Bounds
@@ -206,7 +217,7 @@ def train(
             torch.set_rng_state(state["torch_rng"])
             first_step = int(state["step"])
     train_pool, test_pool = _split(data, config.held_out, config.seed)
-    filters = [f for f in Encoder(net, config.network)._filters]
+    filters = [log_frequency_filters(n) for n in N_FFTS]
     history: list[float] = []
     net.train()
     for step in range(first_step + 1, config.n_steps + 1):
@@ -277,7 +288,7 @@ def choose_threshold(
 ) -> tuple[float, dict[str, float]]:
     """The decoding threshold with the best event F1 on held-out clips, and its precision, recall, F1."""
     bounds = Bounds.for_sample_rate(ENCODER_RATE)
-    filters = Encoder(net, network)._filters
+    filters = [log_frequency_filters(n) for n in N_FFTS]
     totals = {t: [0, 0, 0] for t in _THRESHOLDS}  # hits, found, truth
     time_col, f0_col = FIELDS.index("time_s"), FIELDS.index("f0_hz")
     for i in pool:
