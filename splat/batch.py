@@ -113,7 +113,7 @@ class RunRecord:
         n_atoms: Atoms in the output, or None.
         duration_s: Length of the audio in seconds, or None.
         wall_s: Seconds spent on the file (fitting, or checking that it is up to date).
-        final_loss: The fit's distance after its last step (None unless fitted).
+        final_loss: The fit's distance after its last step (None unless fitted, or fitted with 0 iterations).
         error: Why the file failed, or None.
         resumed_chunks: Chunks taken from a checkpoint instead of being fitted again.
         atoms_json: The output JSON's path, or None.
@@ -397,7 +397,8 @@ def fit_file(
         n_atoms=len(atom_set.atoms),
         duration_s=loaded.duration_s,
         wall_s=time.perf_counter() - started,
-        final_loss=result.losses[-1][-1],
+        # No step at all with n_iters 0 (the init's atoms as they are): no loss to report.
+        final_loss=result.losses[-1][-1] if result.losses and result.losses[-1] else None,
         resumed_chunks=0 if found.state is None else found.state.n_done,
         atoms_json=str(job.outputs.atoms_json),
         **hashes,

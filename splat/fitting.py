@@ -447,7 +447,8 @@ def initial_params(
     Every atom first gets a quiet start at a random time and pitch; then, in each
     segment, the first ones go to the events the init found: the analysis' strongest
     (onset, pitch) seeds (time, f0 and level; the other fields from `START_SHAPE`), or
-    the encoder's proposals, strongest first (every field). With init "random", none.
+    the encoder's proposals, strongest first (every field; the spare atoms then start at the
+    bottom of the gain range). With init "random", none.
 
     Args:
         target: The normalised file, shape (samples,).
@@ -494,6 +495,10 @@ def initial_params(
     values["gain_db"] = np.clip(level_db - tone_peak_db, bounds.gain_db.lo + 1, bounds.gain_db.hi - 1)
     values["duration_s"] = np.zeros(shape)
     if init == "encoder" and proposals is not None:
+        # The spare atoms start at the bottom of the gain range, not at QUIET_DB: grown from -45 dB they
+        # became extra events around the proposals (note F1 0.85 -> 0.88, drum onset F1 0.74 -> 0.91 at
+        # 300 iterations; docs/encoder.md).
+        values["gain_db"] = np.full(shape, bounds.gain_db.lo + 1)
         onsets_s = _place_proposals(values, placed, used, proposals, region, sample_rate, length_s)
     values["duration_s"] = np.where(
         placed & (init == "encoder"),

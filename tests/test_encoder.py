@@ -235,11 +235,14 @@ def test_cli_fit_init_encoder(tmp_path, monkeypatch):
     monkeypatch.setattr(encoder_module, "WEIGHTS_DIR", path.parent)
     wav = tmp_path / "notes.wav"
     sf.write(wav, _three_notes()[0], 22050)
-    result = CliRunner().invoke(app, ["fit", str(wav), "--init", "encoder", "--iters", "3", "--atoms", "8"])
-    assert result.exit_code == 0, result.output
-    doc = json.loads((tmp_path / "notes.atoms.json").read_text())
-    assert doc["config"]["init"] == "encoder"
-    assert doc["config"]["encoder_sha256"] == encoder_module.weights_hash(path)
+    for iters in ("3", "0"):  # 0: the proposal alone, unfitted
+        args = ["fit", str(wav), "--init", "encoder", "--iters", iters, "--atoms", "8", "--force"]
+        result = CliRunner().invoke(app, args)
+        assert result.exit_code == 0, result.output
+        doc = json.loads((tmp_path / "notes.atoms.json").read_text())
+        assert doc["config"]["init"] == "encoder" and doc["config"]["n_iters"] == int(iters)
+        assert doc["config"]["encoder_sha256"] == encoder_module.weights_hash(path)
+        assert doc["atoms"]
 
 
 def test_training_lowers_the_loss_on_a_tiny_set(tmp_path):
@@ -355,3 +358,21 @@ def test_batch_config_hash_follows_the_encoder_weights(tmp_path, monkeypatch):
     monkeypatch.setattr(encoder_module, "WEIGHTS_DIR", _saved(tmp_path / "other", seed=1).parent)
     assert config_sha256(config) != first  # retrained weights: the batch refits
     assert config_sha256(splat.FitConfig(init="analysis")) == config_sha256(splat.FitConfig(init="analysis"))
+
+
+def test_encoder_start_places_proposals_first_and_spares_at_the_bottom(tmp_path):
+    from splat.engines import Region
+    from splat.fitting import initial_params
+
+    audio, _ = _three_notes()
+    target = audio / np.abs(audio).max()
+    bounds = Bounds.for_sample_rate(22050)
+    found = Encoder.load(_saved(tmp_path)).proposals(target, 22050, max_atoms=5, bounds=bounds)
+    region = Region(start=0, n_samples=target.size, segment_starts=(0,), n_segment=target.size)
+    start = initial_params(
+        target, region, 22050, 8, bounds, np.random.default_rng(0), tone_peak_db=0.0, init="encoder", proposals=found
+    )
+    assert start.placed[0].tolist() == [True] * 5 + [False] * 3
+    np.testing.assert_allclose(start.values["f0_hz"][0, :5], found.params.f0_hz[0].numpy(), rtol=1e-6)
+    np.testing.assert_allclose(start.values["decay_s"][0, :5], found.params.decay_s[0].numpy(), rtol=1e-6)
+    assert np.all(start.values["gain_db"][0, 5:] == bounds.gain_db.lo + 1)
