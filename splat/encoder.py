@@ -237,9 +237,7 @@ class Proposals:
         return int(self.score.numel())
 
 
-def decode(
-    outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds, frame_offset: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
+def decode(outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds) -> tuple[Tensor, Tensor, Tensor]:
     """Peaks of the event map and their fields.
 
     Args:
@@ -247,7 +245,6 @@ def decode(
         threshold: Least detection probability kept.
         max_atoms: Most peaks kept (the strongest).
         bounds: Physical ranges (f0 is clipped inside them).
-        frame_offset: Frame index of `outputs`' first frame in the file.
 
     Returns:
         Onsets in seconds (at ENCODER_RATE's frame grid), f0 in Hz, and the raw values of
@@ -263,7 +260,7 @@ def decode(
     cell = outputs[:, frames, pitches]  # (N_OUTPUTS, atoms)
     offset_t = torch.tanh(cell[1]) * 0.5
     offset_p = torch.tanh(cell[2]) * 0.5
-    time_s = ((frames + frame_offset).to(outputs.dtype) + offset_t) * HOP / ENCODER_RATE
+    time_s = (frames.to(outputs.dtype) + offset_t) * HOP / ENCODER_RATE
     midi = (pitches.to(outputs.dtype) + LOWEST_MIDI) + offset_p
     f0_hz = (440.0 * 2.0 ** ((midi - 69.0) / 12.0)).clamp(bounds.f0_hz.lo * 1.01, bounds.f0_hz.hi * 0.99)
     return time_s.clamp_min(0.0), f0_hz, torch.cat([cell[3:].T, score[:, None]], dim=1)
