@@ -36,7 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from splat.atoms import Atom, AtomSet
 from splat.errors import ParameterError, SplatError
+from splat.files import atomic_path, write_text_atomic
 from splat.params import FIELDS, AtomParams, Bounds, to_physical
 
 #: The encoder's own sample rate; other rates are resampled to it.
@@ -326,8 +328,6 @@ class Encoder:
 
     def save(self, path: str | Path, **card: object) -> None:
         """Write weights (`torch.save` of the state dict) and their card, each atomically."""
-        from splat.files import atomic_path, write_text_atomic
-
         path = Path(path)
         with atomic_path(path) as tmp:
             torch.save(self.net.state_dict(), tmp)
@@ -376,7 +376,7 @@ class Encoder:
         params = AtomParams(**(vars(phys) | {"time_s": time_s[None], "f0_hz": f0_hz[None]}))
         return Proposals(params, rest[:, -1])
 
-    def propose(self, audio: np.ndarray, sample_rate: int, *, max_atoms: int = 4096, seed: int = 0):
+    def propose(self, audio: np.ndarray, sample_rate: int, *, max_atoms: int = 4096, seed: int = 0) -> AtomSet:
         """Proposed atoms for audio as an `AtomSet` (what `splat fit --iters 0` writes, in one call).
 
         Args:
@@ -388,8 +388,6 @@ class Encoder:
         Raises:
             ParameterError: on audio that is empty, silent or not finite.
         """
-        from splat.atoms import Atom, AtomSet
-
         samples = np.asarray(audio, dtype=np.float64).reshape(-1)
         if samples.size == 0 or not np.all(np.isfinite(samples)) or np.max(np.abs(samples)) < 1e-6:
             raise ParameterError("audio must be non-empty, finite and not silent")

@@ -34,7 +34,7 @@ from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
-from splat.optim import Adam
+from splat.optim import Adam, warmup_cosine
 from splat.params import (
     FIELDS,
     FLOOR_LEVEL_DB,
@@ -698,14 +698,6 @@ def _fit_chunk(
         )
 
     optimiser = Adam([shift] if noise_floor is None else [shift, noise_floor.shift])
-    warmup = max(1, config.n_iters // 20)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, config.n_iters - warmup)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
     # Without steps the fit is the init itself: only the atoms it placed on events.
     active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
     if config.n_iters == 0:
@@ -731,7 +723,7 @@ def _fit_chunk(
         objective = fit_term + weight * (level * active).sum() / active.shape[0]
         optimiser.zero_grad()
         objective.backward()
-        optimiser.step(config.lr * lr_factor(step - 1))
+        optimiser.step(config.lr * warmup_cosine(step - 1, config.n_iters))
         history.append(distance.item())
         if step in reseed_steps and step < config.n_iters:
             with torch.no_grad():

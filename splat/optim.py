@@ -11,10 +11,21 @@ one it runs on CPU tensors), so fits are bit-identical (`tests/test_optim.py`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+
+def warmup_cosine(step: int, n_steps: int) -> float:
+    """Learning-rate factor at `step` (from 0) of `n_steps`: a linear warm-up over the first 5 %, then a
+    cosine from 1 down to 0.05."""
+    warmup = max(1, n_steps // 20)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, n_steps - warmup)
+    return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @dataclass

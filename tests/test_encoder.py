@@ -245,17 +245,21 @@ def test_cli_fit_init_encoder(tmp_path, monkeypatch):
         assert doc["atoms"]
 
 
-def test_training_lowers_the_loss_on_a_tiny_set(tmp_path):
-    rng = np.random.default_rng(0)
-    clips = [render_clip(rng, n_samples=8192) for _ in range(6)]
+def _tiny_set(*, seed: int, n_clips: int, n_samples: int) -> training_data.TrainingSet:
+    """A few short synthetic clips as a `TrainingSet` (what shards hold, without the files)."""
+    rng = np.random.default_rng(seed)
+    clips = [render_clip(rng, n_samples=n_samples) for _ in range(n_clips)]
     n_events = max(c.atoms.shape[0] for c in clips)
-    events = np.zeros((6, n_events, clips[0].atoms.shape[1]), dtype=np.float32)
+    events = np.zeros((n_clips, n_events, clips[0].atoms.shape[1]), dtype=np.float32)
     known = np.zeros(events.shape, dtype=bool)
     for i, c in enumerate(clips):
         events[i, : c.atoms.shape[0]], known[i, : c.atoms.shape[0]] = c.atoms, c.known
-    dataset = training_data.TrainingSet(
-        np.stack([c.audio for c in clips]), events, known, np.array([c.atoms.shape[0] for c in clips])
-    )
+    counts = np.array([c.atoms.shape[0] for c in clips])
+    return training_data.TrainingSet(np.stack([c.audio for c in clips]), events, known, counts)
+
+
+def test_training_lowers_the_loss_on_a_tiny_set(tmp_path):
+    dataset = _tiny_set(seed=0, n_clips=6, n_samples=8192)
     config = TrainConfig(
         n_steps=40, batch_size=4, lr=5e-3, mix_probability=0.0, level_db=(0.0, 0.0), held_out=0.2,
         network=EncoderConfig(channels=8, dilations=(1, 2)),
@@ -266,16 +270,7 @@ def test_training_lowers_the_loss_on_a_tiny_set(tmp_path):
 
 
 def test_training_resumes_from_its_checkpoint_to_the_same_weights(tmp_path):
-    rng = np.random.default_rng(1)
-    clips = [render_clip(rng, n_samples=4096) for _ in range(5)]
-    n_events = max(c.atoms.shape[0] for c in clips)
-    events = np.zeros((5, n_events, clips[0].atoms.shape[1]), dtype=np.float32)
-    known = np.zeros(events.shape, dtype=bool)
-    for i, c in enumerate(clips):
-        events[i, : c.atoms.shape[0]], known[i, : c.atoms.shape[0]] = c.atoms, c.known
-    dataset = training_data.TrainingSet(
-        np.stack([c.audio for c in clips]), events, known, np.array([c.atoms.shape[0] for c in clips])
-    )
+    dataset = _tiny_set(seed=1, n_clips=5, n_samples=4096)
     config = TrainConfig(
         n_steps=6, batch_size=2, checkpoint_every=3, held_out=0.2, threads=1,
         network=EncoderConfig(channels=4, dilations=(1,)),

@@ -50,9 +50,9 @@ def run_on_ray(jobs: list[FileJob], *, address: str | None) -> Iterator[tuple[in
     try:
         task = ray.remote(_fit_task)
         pending = {
-            task.options(
-                num_cpus=job.n_threads or 1, num_gpus=1 if job.config.device.startswith("cuda") else 0
-            ).remote(job): job
+            task.options(num_cpus=job.n_threads or 1, num_gpus=1 if job.config.device.startswith("cuda") else 0).remote(
+                job
+            ): job
             for job in jobs
         }
         try:

@@ -35,6 +35,7 @@ from splat.encoder import (
 )
 from splat.errors import ParameterError
 from splat.files import atomic_path
+from splat.optim import warmup_cosine
 from splat.params import FIELDS, Bounds
 from splat.training.data import TrainingSet, refuse_benchmark_path
 from splat.training.targets import build_targets, losses
@@ -195,15 +196,7 @@ def train(
     torch.manual_seed(config.seed)
     net = EncoderNet(config.network)
     optimiser = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    warmup = max(1, config.n_steps // 20)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, config.n_steps - warmup)
-        return 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lr_factor)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda step: warmup_cosine(step, config.n_steps))
     rng = np.random.default_rng(config.seed)
     first_step = 0
     checkpoint = _checkpoint_path(out)
