@@ -683,9 +683,10 @@ class _RoomFit:
     ) -> _RoomFit:
         """The room to learn (`room` None: not fitted yet; its seed drawn from `rng`), or `room` held."""
         if room is None:
+            like = {"dtype": torch.float32, "device": device}
             start = RoomParams(
-                rt60_s=torch.full((ROOM_BANDS,), ROOM_START_RT60_S, device=device),
-                level_db=torch.tensor(ROOM_START_LEVEL_DB, device=device),
+                rt60_s=torch.full((ROOM_BANDS,), ROOM_START_RT60_S, **like),
+                level_db=torch.tensor(ROOM_START_LEVEL_DB, **like),
             )
             raw0 = room_to_raw(start, RoomBounds())
             return cls(int(rng.integers(0, 2**62)), raw0, torch.zeros_like(raw0, requires_grad=True))

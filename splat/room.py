@@ -80,9 +80,10 @@ def band_noises(seed: int, *, sample_rate: int, device: torch.device | str = "cp
     """
     n = ir_length(sample_rate)
     gen = torch.Generator().manual_seed(seed)
-    white = torch.randn(N_BANDS, n, generator=gen, dtype=torch.float64)
-    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, dtype=torch.float64)
-    shapes = floor.band_shapes(freqs, torch.tensor(BAND_HZ, dtype=torch.float64))  # (bands, bins)
+    host = {"dtype": torch.float64, "device": "cpu"}
+    white = torch.randn(N_BANDS, n, generator=gen, **host)
+    freqs = torch.fft.rfftfreq(n, d=1.0 / sample_rate, **host)
+    shapes = floor.band_shapes(freqs, torch.tensor(BAND_HZ, **host))  # (bands, bins)
     return torch.fft.irfft(torch.fft.rfft(white) * torch.sqrt(shapes), n=n).to(device)
 
 
