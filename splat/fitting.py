@@ -682,15 +682,14 @@ class _RoomFit:
         cls, room: Room | None, states: list[Tensor] | None, rng: np.random.Generator, device: torch.device
     ) -> _RoomFit:
         """The room to learn (`room` None: not fitted yet; its seed drawn from `rng`), or `room` held."""
+        like = {"dtype": torch.float32, "device": device}
         if room is None:
-            like = {"dtype": torch.float32, "device": device}
             start = RoomParams(
                 rt60_s=torch.full((ROOM_BANDS,), ROOM_START_RT60_S, **like),
                 level_db=torch.tensor(ROOM_START_LEVEL_DB, **like),
             )
             raw0 = room_to_raw(start, RoomBounds())
             return cls(int(rng.integers(0, 2**62)), raw0, torch.zeros_like(raw0, requires_grad=True))
-        like = {"dtype": torch.float32, "device": device}
         held = RoomParams(torch.tensor(room.rt60_s, **like), torch.tensor(room.level_db, **like))
         return cls(room.noise_seed, held=held, states=states)
 

@@ -24,10 +24,10 @@ direct-to-reverberant ratio).
 The file plays dry + wet: the wet signal is everything else the file renders
 (atoms and noise floor) convolved with h (`reverberate`).
 
-In the fast engine, the wet's expected power in frame m and bin f is the dry
-expected power convolved along the frames with the response's energy per hop
-(valid while the tail's envelope changes slowly over a hop, and exact in the
-mean over the room's noise otherwise):
+In the fast engine, the wet's expected power (the mean over the room's noise)
+in frame m and bin f is the dry expected power convolved along the frames with
+the response's energy per hop (a discretisation in hops: the closer, the slower
+the tail changes over a hop; `tests/test_room.py` holds it to rendered rooms):
 
     E|W(m, f)|^2 = sum_b T_b(f) sum_{j >= 0} k_b[j] D(m - j, f),
     k_b[0] = L (1 - Q_b^(1/2)),   k_b[j >= 1] = L (1 - Q_b) Q_b^(j - 1/2),   Q_b = q_b^hop,
@@ -35,11 +35,12 @@ mean over the room's noise otherwise):
 k_b[j] being h's energy in the hop-wide cell centred on a lag of j hops (half
 a cell at lag 0; the k_b sum to L). Every bin lies between two band centres, so
 this is two causal recursions per bin (`RoomBands.coefficients`), summed term by
-term (so float32's relative precision holds where the wet is quiet), in one native
-loop on the CPU (`splat.native`) and with `dsp.decayed_sum` elsewhere. The wet is a noise (a render's power in a cell is
-exponentially distributed about it), so the fast engine adds it to the noise part
-of its model. What sounded before a region reaches into it through each
-recursion's state at the region's start (`RoomBands.carry`).
+term (so float32's relative precision holds where the wet is quiet), in one
+native loop on the CPU (`splat.native`) and with `dsp.decayed_sum` elsewhere.
+The wet is a noise (a render's power in a cell is exponentially distributed
+about it), so the fast engine adds it to the noise part of its model. What
+sounded before a region reaches into it through each recursion's state at the
+region's start (`RoomBands.carry`).
 
 Shapes: spectrograms (frames, bins); band values (bands,).
 """
