@@ -6,8 +6,8 @@
 
 Methods, each on every 2^15-sample clip of the audio folder:
 
-- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed`` and ``--floor`` change
-  n_iters, seed and noise_floor).
+- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed``, ``--floor`` and ``--room``
+  change n_iters, seed, noise_floor and room).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
 - ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (230 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, help="splat optimiser steps (FitConfig.n_iters; default: its default)")
     parser.add_argument("--seed", type=int, default=FitConfig().seed, help="splat's seed (FitConfig.seed)")
     parser.add_argument("--floor", action="store_true", help="fit splat with its noise floor (FitConfig.noise_floor)")
+    parser.add_argument("--room", action="store_true", help="fit splat with the file's room (FitConfig.room)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality.md")
     parser.add_argument("--skip-done", action="store_true", help="keep stored results instead of recomputing them")
     parser.add_argument("--no-visqol", action="store_true", help="skip ViSQOL")
@@ -266,12 +267,13 @@ def main(argv: list[str] | None = None) -> int:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
-    config = replace(FitConfig(), seed=args.seed, noise_floor=args.floor)
+    config = replace(FitConfig(), seed=args.seed, noise_floor=args.floor, room=args.room)
     if args.iters is not None:
         config = replace(config, n_iters=args.iters)
     settings = f"n_iters={config.n_iters}"
     settings += f", seed={config.seed}" if config.seed != FitConfig().seed else ""
     settings += ", noise_floor=True" if config.noise_floor else ""
+    settings += ", room=True" if config.room else ""
     store = args.out.with_suffix(".json")
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])

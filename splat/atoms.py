@@ -2,8 +2,8 @@
 
 The JSON file alone is enough to render: it holds the sample rate, the length,
 the level the input was normalised by, the model settings (envelope shape,
-number of partials), every atom in physical units and each segment's noise
-floor (`splat.floor`). It is versioned and fully
+number of partials), every atom in physical units, each segment's noise
+floor (`splat.floor`) and the room (`splat.room`). It is versioned and fully
 validated on load; see the README for the field table.
 """
 
@@ -17,21 +17,22 @@ from typing import Any
 
 import torch
 
-from splat import floor
+from splat import floor, room
 from splat.errors import FormatError
 from splat.files import write_text_atomic
-from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
+from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds, RoomBounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
-#: Versions 1-4 had no formant: their atoms get a 0 dB one (no change).
-READABLE_VERSIONS = (1, 2, 3, 4, FORMAT_VERSION)
+#: Versions 1-4 had no formant: their atoms get a 0 dB one (no change). Versions 1-5 had
+#: no room: they play dry, as before.
+READABLE_VERSIONS = (1, 2, 3, 4, 5, FORMAT_VERSION)
 #: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
@@ -145,6 +146,55 @@ class FloorSegment:
         return cls(start_s, end_s, level_db, _int_field(data, "noise_seed", 0, 2**63 - 1, where=where))
 
 
+@dataclass(frozen=True)
+class Room:
+    """The file's room: a reverberation tail added to everything else it renders (see `splat.room`).
+
+    Attributes:
+        rt60_s: Time for each band's tail to fall by 60 dB, one per `splat.room.BAND_HZ`.
+        level_db: Energy of the tail relative to the direct sound (normalised units cancel).
+        noise_seed: Seed of the tail's noise.
+    """
+
+    rt60_s: tuple[float, ...]
+    level_db: float
+    noise_seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "band_hz": list(room.BAND_HZ),
+            "rt60_s": list(self.rt60_s),
+            "level_db": self.level_db,
+            "noise_seed": self.noise_seed,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Any) -> Room:
+        """Validate the JSON room object.
+
+        Raises:
+            FormatError: naming the field that is wrong.
+        """
+        where = "room"
+        if not isinstance(data, dict):
+            raise FormatError(f"room must be an object, got {type(data).__name__}")
+        names = ["band_hz", *(f.name for f in fields(cls))]
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise FormatError(f"room has unknown field(s) {unknown}; valid fields: {', '.join(names)}")
+        bands = data.get("band_hz")
+        if bands is not None and not _same_bands(bands, list(room.BAND_HZ)):
+            raise FormatError(f"room.band_hz must be the {room.N_BANDS} fixed band centres {list(room.BAND_HZ)}")
+        decays = data.get("rt60_s")
+        if not isinstance(decays, list) or len(decays) != room.N_BANDS:
+            raise FormatError(f"room.rt60_s must be a list of {room.N_BANDS} numbers (one per band)")
+        bounds = RoomBounds()
+        lo, hi = bounds.rt60_s.lo, bounds.rt60_s.hi
+        rt60_s = tuple(_checked_float(v, f"room.rt60_s[{b}]", lo, hi) for b, v in enumerate(decays))
+        level_db = _float_field(data, "level_db", bounds.level_db.lo, bounds.level_db.hi, where=where)
+        return cls(rt60_s, level_db, _int_field(data, "noise_seed", 0, 2**63 - 1, where=where))
+
+
 def _record_fields(data: Any, cls: type, where: str) -> list[str]:
     """The field names of dataclass `cls`, after checking that `data` is an object with no others.
 
@@ -187,6 +237,7 @@ class AtomSet:
         seed: Seed of the fit that produced the atoms (provenance).
         config: The fit configuration (provenance; not needed to render).
         floor: Each segment's noise floor, sorted by `start_s` (empty: no floor).
+        room: The room the file plays in (None: dry).
     """
 
     atoms: tuple[Atom, ...]
@@ -198,6 +249,7 @@ class AtomSet:
     seed: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     floor: tuple[FloorSegment, ...] = ()
+    room: Room | None = None
 
     @property
     def n_samples(self) -> int:
@@ -219,8 +271,8 @@ class AtomSet:
         return replace(self, atoms=tuple(sorted(atoms, key=lambda a: (a.time_s, a.f0_hz))))
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON document (format version `FORMAT_VERSION`)."""
-        return {
+        """The JSON document (format version `FORMAT_VERSION`); `room` only if there is one."""
+        doc = {
             "format": FORMAT_NAME,
             "version": FORMAT_VERSION,
             "sample_rate": self.sample_rate,
@@ -236,6 +288,7 @@ class AtomSet:
             },
             "atoms": [asdict(a) for a in self.atoms],
         }
+        return doc if self.room is None else doc | {"room": self.room.to_dict()}
 
     def validate(self) -> dict[str, Any]:
         """Check every field as loading the JSON would (an edited copy may have left a range).
@@ -296,6 +349,7 @@ class AtomSet:
         if version == 1 and envelope == "gamma":
             atoms = [replace(a, spread_s=spread_from_version_1(a.attack_s, a.spread_s, bounds)) for a in atoms]
         floor_segments = _floor_segments(doc, sample_rate, duration_s) if version >= 3 else ()
+        room_record = Room.from_dict(doc["room"]) if version >= 6 and "room" in doc else None
         return cls(
             atoms=tuple(atoms),
             sample_rate=sample_rate,
@@ -306,6 +360,7 @@ class AtomSet:
             seed=seed,
             config=config,
             floor=floor_segments,
+            room=room_record,
         )
 
     @classmethod

@@ -5,7 +5,8 @@ own optimiser: Adam and its learning-rate schedule are created afresh per chunk,
 so no optimiser moment crosses a chunk boundary. What does cross it is small:
 the atoms and noise floors exported so far, the loss histories, the state of
 the random generator (it draws every chunk's starting atoms and noise seeds),
-and the last segment's atoms and floor, whose tails ring into the next chunk.
+the last segment's atoms and floor, whose tails ring into the next chunk, and
+the room fitted with the first chunk and what rings in it.
 Restoring exactly these makes a resumed fit bit-identical to an uninterrupted one.
 
 A checkpoint file (`<stem>.partial.json`) holds a `FitState` as JSON together with
@@ -23,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from splat.atoms import Atom, FloorSegment
+from splat.atoms import Atom, FloorSegment, Room
 from splat.errors import FormatError
 from splat.files import write_text_atomic
 from splat.params import AtomParams
@@ -47,6 +48,9 @@ class FitState:
             shape (1, atoms), float32.
         tail_floor_db: That segment's noise-floor band levels in dB, shape (1, bands), or None.
         tail_start: That segment's first sample.
+        room: The room fitted with the first chunk, or None.
+        room_states: The fast engine's room recursions at the next chunk's start, per resolution
+            (`splat.engines.FastEngine.room_states_at`), or None.
     """
 
     n_done: int
@@ -58,6 +62,8 @@ class FitState:
     tail: AtomParams
     tail_floor_db: Tensor | None
     tail_start: int
+    room: Room | None = None
+    room_states: tuple[Tensor, ...] | None = None
 
     def background(self, device: torch.device) -> tuple[AtomParams, Tensor | None, Tensor]:
         """The tail as the fit's next chunk takes it: (atoms, floor levels, segment starts of shape (1,))."""
@@ -78,6 +84,8 @@ class FitState:
             "tail": {name: value.detach().cpu().tolist() for name, value in vars(self.tail).items()},
             "tail_floor_db": None if self.tail_floor_db is None else self.tail_floor_db.detach().cpu().tolist(),
             "tail_start": self.tail_start,
+            "room": None if self.room is None else self.room.to_dict(),
+            "room_states": None if self.room_states is None else [s.cpu().tolist() for s in self.room_states],
         }
 
     @classmethod
@@ -89,6 +97,7 @@ class FitState:
         """
         try:
             floor_db = doc["tail_floor_db"]
+            room, states = doc.get("room"), doc.get("room_states")
             state = cls(
                 n_done=int(doc["n_done"]),
                 n_chunks=int(doc["n_chunks"]),
@@ -101,6 +110,8 @@ class FitState:
                 ),
                 tail_floor_db=None if floor_db is None else torch.tensor(floor_db, dtype=torch.float32),
                 tail_start=int(doc["tail_start"]),
+                room=None if room is None else Room.from_dict(room),
+                room_states=None if states is None else tuple(torch.tensor(s, dtype=torch.float32) for s in states),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"the checkpoint is incomplete or malformed ({type(exc).__name__}: {exc})") from exc

@@ -35,7 +35,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from splat.atoms import SAMPLE_RATE_RANGE, AtomSet
+from splat.atoms import SAMPLE_RATE_RANGE, AtomSet, Room
 from splat.audio import load_audio, output_format, write_audio
 from splat.errors import ParameterError, SplatError
 from splat.evaluate import evaluate_pair, load_ground_truth
@@ -43,6 +43,7 @@ from splat.files import write_text_atomic
 from splat.fitting import FitConfig, FitProgress
 from splat.floor import band_centres_hz as floor_band_centres_hz
 from splat.plot import plot_atoms
+from splat.room import BAND_HZ as ROOM_BAND_HZ
 from splat.runtime import tune_allocator
 from splat.synth import render_atom_set
 from splat.training.train import TrainConfig
@@ -331,6 +332,14 @@ def fit_command(
             " room and dense-mix wash that no atom should hold.",
         ),
     ] = _FIT_DEFAULTS.noise_floor,
+    room: Annotated[
+        bool,
+        typer.Option(
+            "--room/--no-room",
+            help="Fit the file's room: one reverberation tail (a decay per octave band, 125 Hz-4 kHz, and a level)"
+            " that everything plays in, so that atoms need not fake it with long decays.",
+        ),
+    ] = _FIT_DEFAULTS.room,
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -411,6 +420,7 @@ def fit_command(
             envelope=envelope,
             greedy=greedy,
             noise_floor=noise_floor,
+            room=room,
             segment_s=segment_s,
             sample_rate=sample_rate,
             init=init,
@@ -562,7 +572,7 @@ def render_command(
             metavar="DIR",
             file_okay=False,
             help="Also write one WAV per atom (whole-file length, so they line up) named index_note_onset,"
-            " plus floor.wav for the noise floor.",
+            " plus floor.wav for the noise floor and room.wav for the room's reverberation.",
         ),
     ] = None,
     original: Annotated[
@@ -707,6 +717,8 @@ def info_command(
         _say(console, f"{atom_set.envelope} envelope, up to {atom_set.n_partials} partials")
         if atom_set.floor:
             _say(console, _floor_summary(atom_set))
+        if atom_set.room is not None:
+            _say(console, _room_summary(atom_set.room))
         columns = [c for c in COLUMNS if c not in ("midi", "n_atoms")] if all_fields else list(_INFO_COLUMNS)
         # The default columns fit in 100 characters; `--where` names them as the JSON does (time_s, f0_hz, ...).
         table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
@@ -745,6 +757,15 @@ def edit_command(
     drop: Annotated[bool, typer.Option("--drop", help="Remove the atoms.")] = False,
     tonal_only: Annotated[bool, typer.Option("--tonal-only", help="Set mix to 1: tone, no noise burst.")] = False,
     noise_only: Annotated[bool, typer.Option("--noise-only", help="Set mix to 0: noise burst, no tone.")] = False,
+    room_level: Annotated[
+        float | None,
+        typer.Option(
+            metavar="DB",
+            help="Set the room's level (its reverberation's energy relative to the direct sound), whatever --where"
+            " selects.",
+        ),
+    ] = None,
+    dry: Annotated[bool, typer.Option("--dry", help="Remove the room (no reverberation).")] = False,
     where: Annotated[
         str | None,
         typer.Option(
@@ -758,7 +779,8 @@ def edit_command(
     ] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite OUT if it exists.")] = False,
 ) -> None:
-    """Edit atoms: the operations apply in the order given, to the atoms --where selects (all by default)."""
+    """Edit atoms: the operations apply in the order given, to the atoms --where selects (all by default);
+    --room-level and --dry change the file's room."""
     from splat.edit import Edit, edit, select
 
     with _user_errors():
@@ -773,6 +795,8 @@ def edit_command(
             "drop": drop,
             "tonal_only": tonal_only,
             "noise_only": noise_only,
+            "room_level": room_level,
+            "dry": dry,
         }
         # Click records the options in the order they were given on the command line.
         given = [name for name in ctx.params if name in options and options[name] not in (None, False)]
@@ -847,6 +871,17 @@ def _floor_summary(atom_set: AtomSet) -> str:
         f"noise floor: {len(atom_set.floor)} segment(s), total level {min(totals):.1f} to {max(totals):.1f} dB, "
         f"loudest band {floor_band_centres_hz(atom_set.sample_rate)[band]:.0f} Hz at {loudest.start_s:.2f} s"
     )
+
+
+def _room_summary(room: Room) -> str:
+    """One line on the room: its level and every band's decay."""
+    decays = ", ".join(f"{_band_label(hz)} {s:.2f}" for hz, s in zip(ROOM_BAND_HZ, room.rt60_s, strict=True))
+    return f"room: level {room.level_db:.1f} dB, rt60 (s) {decays}"
+
+
+def _band_label(hz: float) -> str:
+    """'125 Hz', '1 kHz', '4 kHz'."""
+    return f"{hz / 1000:g} kHz" if hz >= 1000 else f"{hz:g} Hz"
 
 
 @app.command("eval")

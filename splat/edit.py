@@ -2,7 +2,9 @@
 
 An edit is a list of `Edit` steps applied in order to the atoms a `where`
 expression selects (all atoms by default); the selection is made once, on the
-input, and atoms keep their input index through the steps. Each step's result
+input, and atoms keep their input index through the steps. Two steps change the
+file's room (`splat.room`) instead, whatever the selection: its level, or
+removing it. Each step's result
 is range-checked: a value pushed out of its range is clamped (`clamp=True`) or
 refused with a `ParameterError` naming the atom's index and the field.
 
@@ -21,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from splat.atoms import Atom, AtomSet
+from splat.atoms import Atom, AtomSet, Room
 from splat.errors import ParameterError
-from splat.params import Bounds
+from splat.params import Bounds, RoomBounds
 
 #: Note names of the twelve pitch classes, C first (sharps, as MIDI tools print them).
 NOTE_NAMES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -44,7 +46,11 @@ OPERATIONS: dict[str, bool] = {
     "drop": False,
     "tonal_only": False,
     "noise_only": False,
+    "room_level": True,
+    "dry": False,
 }
+#: Operations on the file's room rather than on the selected atoms.
+ROOM_OPERATIONS = ("room_level", "dry")
 #: Longest `where` expression accepted: far above any real selection, and short enough that neither
 #: the parser nor the interpreter's recursion can run out of stack.
 MAX_WHERE_CHARS = 500
@@ -81,8 +87,9 @@ class Edit:
             "stretch" (factor > 0 on onsets, durations and decays; pitch kept),
             "gain" (dB), "decay" (factor > 0 on the ring times), "keep" (the
             N loudest selected atoms stay, the other selected ones go),
-            "drop" (remove the selected atoms), "tonal_only" (mix 1) or
-            "noise_only" (mix 0).
+            "drop" (remove the selected atoms), "tonal_only" (mix 1),
+            "noise_only" (mix 0); and on the file's room: "room_level" (set its
+            `level_db`; the file must have a room) or "dry" (remove the room).
         amount: The operation's number; None for those that take none.
     """
 
@@ -275,8 +282,12 @@ def edit(atom_set: AtomSet, edits: Sequence[Edit], *, where: str | None = None, 
     selected = set(select(atom_set, where))
     atoms = dict(enumerate(atom_set.atoms))  # input index -> atom; dicts keep the input order
     duration_s = atom_set.duration_s
+    room = atom_set.room
     bounds = Bounds.for_sample_rate(atom_set.sample_rate)
     for step in edits:
+        if step.op in ROOM_OPERATIONS:
+            room = _edited_room(room, step, clamp=clamp)
+            continue
         if step.op == "stretch":
             duration_s = max(duration_s, duration_s * float(step.amount or 1.0))
         chosen = [i for i in atoms if i in selected]
@@ -289,7 +300,7 @@ def edit(atom_set: AtomSet, edits: Sequence[Edit], *, where: str | None = None, 
             for i in chosen:
                 changed = _changed_fields(atoms[i], step, bounds)
                 atoms[i] = replace(atoms[i], **_in_range(changed, i, step, bounds, duration_s, clamp=clamp))
-    edited = replace(atom_set, duration_s=duration_s).with_atoms(list(atoms.values()))
+    edited = replace(atom_set, duration_s=duration_s, room=room).with_atoms(list(atoms.values()))
     edited.validate()
     return edited
 
@@ -311,6 +322,24 @@ def _changed_fields(atom: Atom, step: Edit, bounds: Bounds) -> dict[str, float]:
     if step.op == "decay":
         return {name: getattr(atom, name) * amount for name in DECAY_FIELDS}
     return {"mix": 1.0 if step.op == "tonal_only" else 0.0}
+
+
+def _edited_room(room: Room | None, step: Edit, *, clamp: bool) -> Room | None:
+    """The room after a room step: none after "dry", else with the new level (range-checked as `_in_range` does)."""
+    if step.op == "dry":
+        return None
+    if room is None:
+        raise ParameterError(f"{step.op}: the file has no room to change (fit one with `splat fit --room`)")
+    rng = RoomBounds().level_db
+    level_db = float(step.amount if step.amount is not None else 0.0)
+    if not rng.lo <= level_db <= rng.hi:
+        if not clamp:
+            raise ParameterError(
+                f"{step.op} {level_db:g} is out of the room's level range [{rng.lo:g}, {rng.hi:g}];"
+                " pass --clamp to clamp it"
+            )
+        level_db = min(max(level_db, rng.lo), rng.hi)
+    return replace(room, level_db=level_db)
 
 
 def _in_range(

@@ -8,8 +8,8 @@
 An engine is built once per chunk of segments (a *region* of the file, which
 may begin with the tails of atoms fitted earlier: the *background*) and maps
 `AtomParams` of shape (segments, atoms), plus optionally each segment's
-noise-floor levels (shape (segments, bands), see `splat.floor`), to the
-scalar distance.
+noise-floor levels (shape (segments, bands), see `splat.floor`) and the room
+(`splat.room`: it reverberates everything else), to the scalar distance.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from splat import loss, spectral, synth
-from splat.params import AtomParams
+from splat.params import AtomParams, RoomParams
+from splat.room import RoomBands, band_noises, impulse_response, reverberate
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,7 @@ class FastEngine:
         spec: ModelSpec,
         *,
         background: tuple[AtomParams, Tensor | None, Tensor] | None = None,
+        room_states: list[Tensor] | None = None,
     ) -> None:
         """Prepare everything that does not depend on the parameters.
 
@@ -82,6 +84,9 @@ class FastEngine:
                 atoms (params of shape (segments, atoms)), floor levels (shape
                 (segments, bands), or None) and starts in samples (shape (segments,));
                 or None.
+            room_states: With a room, how what sounded before the region rings into it:
+                per resolution, the room's recursions at the region's first frame
+                (`splat.room.RoomBands.carry`, shape (2, bins)); None for silence.
         """
         device = target.device
         self.spec = spec
@@ -96,6 +101,11 @@ class FastEngine:
         self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
         self.floor_at = self._floor_frames(starts)
         self.scatter = [self._indices(starts, res) for res in spec.resolutions]
+        self.room_bands = [
+            RoomBands.for_bins(bins_hz, hop=res.hop, sample_rate=spec.sample_rate)
+            for bins_hz, res in zip(self.plan.bins_hz, spec.resolutions, strict=True)
+        ]
+        self.room_states = room_states
         # One window that is exactly the region: its frames are the region's frames.
         self.direct = len(region.segment_starts) == 1 and n_window == region.n_samples and background is None
         # Earlier segments' tails in the region's frames, per resolution (None: nothing to add at every step).
@@ -144,42 +154,75 @@ class FastEngine:
         )
 
     def split_powers(
-        self, params: AtomParams, floor_db: Tensor | None = None, *, background: bool = True
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        *,
+        background: bool = True,
+        room: RoomParams | None = None,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
-        With `background=False`, only these atoms and floors (without earlier segments' tails).
+        With `background=False`, only these atoms and floors (without earlier segments' tails, and
+        without what rang in the room before the region). With a `room`, its reverberation of
+        all that is added to the noise.
         """
         powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
-            return [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
-        placed = self._place_all(powers, self.scatter)
-        if not background or self.background is None:
-            return placed
-        return [p + b for p, b in zip(placed, self.background, strict=True)]
+            region = [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
+        else:
+            region = self._place_all(powers, self.scatter)
+            if background and self.background is not None:
+                region = [p + b for p, b in zip(region, self.background, strict=True)]
+        if room is None:
+            return region
+        states = self.room_states if background and self.room_states is not None else [None] * len(region)
+        return [
+            spectral.SplitPower(p.tonal, p.noise.float() + bands.wet(p.total, room, state=state))
+            for p, bands, state in zip(region, self.room_bands, states, strict=True)
+        ]
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def room_states_at(
+        self, n_samples: int, params: AtomParams, floor_db: Tensor | None, room: RoomParams
+    ) -> list[Tensor]:
+        """The room's recursions `n_samples` into the region (where the next one starts), per resolution.
+
+        They carry all that sounded up to there (these atoms, floors and background,
+        and what rang in the room before the region) into the next region's `room_states`.
+        """
+        dry = self.split_powers(params, floor_db)
+        states = self.room_states if self.room_states is not None else [None] * len(dry)
+        return [
+            bands.carry(p.total, room, n_frames=n_samples // bands.hop, state=state)
+            for p, bands, state in zip(dry, self.room_bands, states, strict=True)
+        ]
+
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
+    ) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
-        return [p.total.float() for p in self.split_powers(params, floor_db)]
+        return [p.total.float() for p in self.split_powers(params, floor_db, room=room)]
 
     def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
         return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
-        return self._distance(self.split_powers(params, floor_db))
+        return self._distance(self.split_powers(params, floor_db, room=room))
 
     def lead_distances(
-        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None
+        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Distances of all atoms and of the `lead` atoms alone (with the floor and background), as scalars.
+        """Distances of all atoms and of the `lead` atoms alone (with the floor, background and room), as scalars.
 
-        The spectrogram is linear in the atoms, so the full model is the lead
-        atoms' spectrogram plus the rest's: both distances for about the price of one.
+        The spectrogram is linear in the atoms, and so is the room's reverberation of
+        it, so the full model is the lead atoms' spectrogram plus the rest's: both
+        distances for about the price of one.
         """
-        lead_region = self.split_powers(lead, floor_db)
-        all_region = [a + r for a, r in zip(lead_region, self.split_powers(rest, background=False), strict=True)]
+        lead_region = self.split_powers(lead, floor_db, room=room)
+        rest_region = self.split_powers(rest, background=False, room=room)
+        all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
 
 
@@ -194,6 +237,7 @@ class ReferenceEngine:
         *,
         noise_seeds: Tensor,
         floor_seeds: Tensor | None = None,
+        room_seed: int | None = None,
         background_audio: Tensor | None = None,
         atoms_per_group: int = 8,
     ) -> None:
@@ -203,7 +247,9 @@ class ReferenceEngine:
         spec: Model settings.
         noise_seeds: Seeds of the atoms to fit, shape (segments, atoms).
         floor_seeds: Seeds of the segments' noise floors, shape (segments,), or None (no floor).
-        background_audio: Earlier segments rendered over the whole file, shape (samples,), or None.
+        room_seed: Seed of the room's noise, or None (no room).
+        background_audio: Earlier segments rendered over the whole file (with their room), shape
+            (samples,), or None.
         atoms_per_group: Atoms rendered per checkpointed group (bounds memory).
         """
         self.spec = spec
@@ -220,6 +266,10 @@ class ReferenceEngine:
         if floor_seeds is not None:
             spans = region.segment_spans_s(self.n_file, spec.sample_rate)
             self.floors = [(a, b, seed) for (a, b), seed in zip(spans, floor_seeds.tolist(), strict=True)]
+        # The room's band noises, as `synth.render_atom_set` draws them.
+        self.room_noises = None
+        if room_seed is not None:
+            self.room_noises = band_noises(room_seed, sample_rate=spec.sample_rate, device=target.device).float()
         self.background = None
         if background_audio is not None:
             lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())
@@ -241,8 +291,12 @@ class ReferenceEngine:
         )
         return audio.sum(dim=(0, 1))
 
-    def render(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
-        """The region's audio with context: shape (n_samples + 2 * pad,)."""
+    def render(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
+        """The region's audio with context: shape (n_samples + 2 * pad,).
+
+        With a `room`, its reverberation of these atoms and floors is added (the
+        background brings its own: it was rendered with the room).
+        """
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
         n = flat.time_s.shape[1]
@@ -260,15 +314,21 @@ class ReferenceEngine:
                     mix = mix + torch.nn.functional.pad(
                         audio[a - lo : b - lo], (a - self.first, self.first + self.n_context - b)
                     )
+        if room is not None:
+            assert self.room_noises is not None, "a room needs the engine built with its seed"
+            ir = impulse_response(room, self.room_noises, sample_rate=self.spec.sample_rate, n_samples=self.n_context)
+            mix = mix + reverberate(mix, ir)
         if self.background is not None:
             mix = mix + self.background
         return mix
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
+    ) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        audio = self.render(params, floor_db)
+        audio = self.render(params, floor_db, room)
         return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db))
+        return self.target.distance(self.model_powers(params, floor_db, room))

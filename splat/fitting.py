@@ -14,7 +14,11 @@ multi-resolution STFT distance plus an annealed L1 penalty on atom gains
 below the loudest are pruned, and a duplicate of a louder atom's note is
 pruned with its power handed to that atom. With `noise_floor`, each segment's
 noise floor (`splat.floor`) is fitted alongside its atoms, capped in each band
-at the level of the segment's quietest frames, with no penalty.
+at the level of the segment's quietest frames, with no penalty. With `room`, the
+file's room (`splat.room`: a reverberation tail per band) is fitted jointly with
+the first chunk's atoms and then held for the later chunks, whose atoms are
+fitted in it; what rang in the room before a chunk reaches into it (the fast
+engine carries the room's recursions across, the reference engine renders it).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import torch
 from torch import Tensor
 
 from splat import analysis, dsp, floor, spectral, synth
-from splat.atoms import ENVELOPES, GAIN_RANGE, Atom, AtomSet, FloorSegment
+from splat.atoms import ENVELOPES, GAIN_RANGE, Atom, AtomSet, FloorSegment, Room
 from splat.checkpoint import FitState
 from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
@@ -40,11 +44,16 @@ from splat.params import (
     FLOOR_LEVEL_DB,
     AtomParams,
     Bounds,
+    RoomBounds,
+    RoomParams,
     floor_to_physical,
     floor_to_raw,
+    room_to_physical,
+    room_to_raw,
     to_physical,
     to_raw,
 )
+from splat.room import N_BANDS as ROOM_BANDS
 
 ENGINES = ("fast", "reference")
 #: Where a fit's atoms start: the encoder's proposals, the onset/pitch analysis, or nowhere (quiet atoms at
@@ -106,6 +115,9 @@ CHUNK_SAMPLES = 2**20
 CHUNK_ATOMS = 64
 #: The noise floor starts this many dB under its ceiling in every band.
 FLOOR_START_DB = 6.0
+#: Where the room starts: every band's decay and the level of its tail.
+ROOM_START_RT60_S = 0.5
+ROOM_START_LEVEL_DB = -20.0
 
 
 @dataclass(frozen=True)
@@ -132,6 +144,9 @@ class FitConfig:
             each segment's atoms (matching-pursuit-like: the loud atoms must explain
             as much as they can on their own). 0 = plain global loss. Fast engine only.
         noise_floor: Fit a stationary noise floor per segment under the atoms (`splat.floor`).
+        room: Fit the file's room (`splat.room`): a reverberation tail with a decay per
+            band, learned with the first chunk's atoms and held for the later chunks.
+            With n_iters 0 nothing is fitted, and the file has no room.
         init: Where the atoms start (`INITS`): "encoder" (the amortized encoder's proposals,
             `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
             "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
@@ -156,6 +171,7 @@ class FitConfig:
     greedy: float = 0.0
     noise_floor: bool = False
     init: str = "analysis"
+    room: bool = False
 
     def validate(self) -> None:
         """Raises:
@@ -335,12 +351,17 @@ def fit(
     floors: list[FloorSegment] = []
     losses: list[list[float]] = []
     previous: tuple[AtomParams, Tensor | None, Tensor] | None = None
+    # The room once the first chunk has fitted it, and how what sounded so far rings on in it.
+    room: Room | None = None
+    room_states: list[Tensor] | None = None
     if resume is not None:
         if resume.n_chunks != len(chunks):
             raise ParameterError(f"cannot resume: the state has {resume.n_chunks} chunks, this fit {len(chunks)}")
         rng.bit_generator.state = resume.rng_state
         atoms, floors, losses = list(resume.atoms), list(resume.floors), [list(h) for h in resume.losses]
         previous = resume.background(device)
+        room = resume.room
+        room_states = None if resume.room_states is None else [s.to(device) for s in resume.room_states]
     for c, segments in enumerate(chunks):
         if resume is not None and c < resume.n_done:
             continue
@@ -355,6 +376,7 @@ def fit(
             previous,
             (atoms, floors),
             proposals,
+            (room, room_states),
             chunk=c,
             n_chunks=len(chunks),
             callback=callback,
@@ -362,6 +384,9 @@ def fit(
         losses.append(chunk.history)
         atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate))
         floors.extend(_export_floor(chunk, region, n, sample_rate))
+        if room is None and chunk.room is not None:
+            room = chunk.room.export()
+        room_states = None if chunk.room is None else chunk.room.states
         # Only the last segment's window (two segments long) reaches into the next chunk.
         last_segment = AtomParams(**{k: v[-1:] for k, v in vars(chunk.params).items()})
         last_floor = None if chunk.floor_db is None else chunk.floor_db[-1:]
@@ -378,6 +403,8 @@ def fit(
                     tail=last_segment,
                     tail_floor_db=last_floor,
                     tail_start=region.segment_starts[-1],
+                    room=room,
+                    room_states=None if room_states is None else tuple(room_states),
                 )
             )
 
@@ -391,6 +418,7 @@ def fit(
         seed=config.seed,
         config=asdict(config) | provenance,
         floor=tuple(floors),
+        room=room,
     ).with_atoms(atoms)
     return FitResult(atoms=atom_set, reconstruction=synth.render_atom_set(atom_set), losses=losses)
 
@@ -587,6 +615,7 @@ class _ChunkFit:
         floor_db: Noise-floor band levels, shape (segments, bands), or None (no floor).
         floor_seeds: The floors' noise seeds, shape (segments,), or None.
         history: The distance after every step.
+        room: The room as the chunk ended (its `states` at the next chunk's start), or None.
     """
 
     params: AtomParams
@@ -594,6 +623,7 @@ class _ChunkFit:
     floor_db: Tensor | None
     floor_seeds: Tensor | None
     history: list[float]
+    room: _RoomFit | None = None
 
 
 @dataclass
@@ -627,6 +657,59 @@ class _FloorFit:
         return floor_to_physical(self.raw0 + self.shift, self.ceiling_db)
 
 
+@dataclass
+class _RoomFit:
+    """The room in a chunk: learned from its start (the first chunk), or held as fitted (the later ones).
+
+    Attributes:
+        seed: The room's noise seed.
+        raw0: Starting raw values, shape (bands + 1,), or None (held).
+        shift: What the optimiser moves, same shape, or None (held).
+        held: The fitted room, or None (learned).
+        states: Fast engine: per resolution, how what sounded before the chunk rings into it
+            (`FastEngine.room_states_at`), or None (silence, or the reference engine); at the
+            chunk's end, the same at the next chunk's start.
+    """
+
+    seed: int
+    raw0: Tensor | None = None
+    shift: Tensor | None = None
+    held: RoomParams | None = None
+    states: list[Tensor] | None = None
+
+    @classmethod
+    def start(
+        cls, room: Room | None, states: list[Tensor] | None, rng: np.random.Generator, device: torch.device
+    ) -> _RoomFit:
+        """The room to learn (`room` None: not fitted yet; its seed drawn from `rng`), or `room` held."""
+        like = {"dtype": torch.float32, "device": device}
+        if room is None:
+            start = RoomParams(
+                rt60_s=torch.full((ROOM_BANDS,), ROOM_START_RT60_S, **like),
+                level_db=torch.tensor(ROOM_START_LEVEL_DB, **like),
+            )
+            raw0 = room_to_raw(start, RoomBounds())
+            return cls(int(rng.integers(0, 2**62)), raw0, torch.zeros_like(raw0, requires_grad=True))
+        held = RoomParams(torch.tensor(room.rt60_s, **like), torch.tensor(room.level_db, **like))
+        return cls(room.noise_seed, held=held, states=states)
+
+    def params(self) -> RoomParams:
+        """The room now, shapes (bands,) and ()."""
+        if self.held is not None:
+            return self.held
+        assert self.raw0 is not None and self.shift is not None
+        return room_to_physical(self.raw0 + self.shift, RoomBounds())
+
+    def export(self) -> Room:
+        """The room as a `Room` record, clamped onto its valid ranges."""
+        bounds = RoomBounds()
+        with torch.no_grad():
+            params = self.params()
+            rt60_s = params.rt60_s.double().cpu().clamp(bounds.rt60_s.lo, bounds.rt60_s.hi)
+            level_db = float(params.level_db.double().cpu().clamp(bounds.level_db.lo, bounds.level_db.hi))
+        return Room(rt60_s=tuple(rt60_s.tolist()), level_db=level_db, noise_seed=self.seed)
+
+
 def _fit_chunk(
     target: Tensor,
     region: Region,
@@ -637,6 +720,7 @@ def _fit_chunk(
     previous: tuple[AtomParams, Tensor | None, Tensor] | None,
     so_far: tuple[list[Atom], list[FloorSegment]],
     proposals: Proposals | None,
+    room_so_far: tuple[Room | None, list[Tensor] | None],
     *,
     chunk: int,
     n_chunks: int,
@@ -673,8 +757,16 @@ def _fit_chunk(
     def floor_levels() -> Tensor | None:
         return None if noise_floor is None else noise_floor.levels_db()
 
+    # Without steps nothing is fitted: no room.
+    room_fit = _RoomFit.start(*room_so_far, rng, device) if config.room and config.n_iters > 0 else None
+
+    def room_now() -> RoomParams | None:
+        return None if room_fit is None else room_fit.params()
+
     if config.engine == "fast":
-        engine: FastEngine | ReferenceEngine = FastEngine(target, region, spec, background=previous)
+        engine: FastEngine | ReferenceEngine = FastEngine(
+            target, region, spec, background=previous, room_states=None if room_fit is None else room_fit.states
+        )
     else:
         background = None
         atoms_so_far, floors_so_far = so_far
@@ -686,6 +778,7 @@ def _fit_chunk(
                 envelope=spec.envelope,
                 n_partials=spec.n_partials,
                 floor=tuple(floors_so_far),
+                room=room_so_far[0],
             )
             background = torch.tensor(synth.render_atom_set(partial_set), device=device)
         engine = ReferenceEngine(
@@ -694,10 +787,12 @@ def _fit_chunk(
             spec,
             noise_seeds=seeds,
             floor_seeds=None if noise_floor is None else noise_floor.seeds,
+            room_seed=None if room_fit is None else room_fit.seed,
             background_audio=background,
         )
 
-    optimiser = Adam([shift] if noise_floor is None else [shift, noise_floor.shift])
+    learned = [shift] + ([] if noise_floor is None else [noise_floor.shift])
+    optimiser = Adam(learned + ([] if room_fit is None or room_fit.shift is None else [room_fit.shift]))
     # Without steps the fit is the init itself: only the atoms it placed on events.
     active = torch.ones(raw0.shape[:2], dtype=torch.bool, device=device)
     if config.n_iters == 0:
@@ -711,10 +806,10 @@ def _fit_chunk(
         floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
             lead, rest = _split_by_gain(params)
-            distance, lead_distance = engine.lead_distances(lead, rest, floor_db)
+            distance, lead_distance = engine.lead_distances(lead, rest, floor_db, room_now())
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params, floor_db)
+            distance = fit_term = engine(params, floor_db, room_now())
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
@@ -729,7 +824,7 @@ def _fit_chunk(
             with torch.no_grad():
                 raw = raw0 + step_scale * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current, floor_levels())
+                model_powers = engine.model_powers(current, floor_levels(), room_now())
                 restart = residual_restarts(
                     current,
                     active,
@@ -780,8 +875,14 @@ def _fit_chunk(
     with torch.no_grad():
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         final_floor = floor_levels()
+        if room_fit is not None:
+            # What the next chunk hears ringing in the room (the reference engine renders it instead).
+            room_fit.states = None
+            if isinstance(engine, FastEngine) and chunk < n_chunks - 1:
+                n_carried = len(region.segment_starts) * region.n_segment
+                room_fit.states = engine.room_states_at(n_carried, final, final_floor, room_fit.params())
     final_seeds = None if noise_floor is None else noise_floor.seeds
-    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history)
+    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, room_fit)
 
 
 def residual_restarts(

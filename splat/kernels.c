@@ -753,3 +753,89 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
 #undef G
     }
 }
+
+/* splat.room.RoomBands.wet: the room's reverberation of a region's dry power x (frames, bins),
+ * each bin with the recursions of its two bands s (arrays of shape (2, bins)):
+ *     wet[m] = a x[m] + v_0[m] + v_1[m],   v_s[m + 1] = q_s v_s[m] + c_s x[m],   v_s[0] = v0_s (NULL: 0).
+ * The loops run along the bins (contiguous), a block of them per thread, frame after frame.
+ * If v is not NULL, it keeps every v_s[m], shape (2, frames, bins), for the gradient of q. */
+#define ROOM_BLOCK 64
+SPECIALISED void room_wet_block(const float *x, const float *a, const float *c, const float *q, const float *v0,
+                                int64_t frames, int64_t bins, int64_t first, float *wet, float *v, int keep) {
+    const int64_t n = bins - first < ROOM_BLOCK ? bins - first : ROOM_BLOCK;
+    double state[2][ROOM_BLOCK];
+    for (int64_t s = 0; s < 2; s++)
+        for (int64_t j = 0; j < n; j++) state[s][j] = v0 ? (double)v0[s * bins + first + j] : 0.0;
+    for (int64_t m = 0; m < frames; m++) {
+        const int64_t row = m * bins + first;
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t f = first + j;
+            const double xv = x[row + j], v_0 = state[0][j], v_1 = state[1][j];
+            if (keep) v[row + j] = (float)v_0, v[frames * bins + row + j] = (float)v_1;
+            wet[row + j] = (float)(a[f] * xv + v_0 + v_1);
+            const double n_0 = q[f] * v_0 + c[f] * xv, n_1 = q[bins + f] * v_1 + c[bins + f] * xv;
+            state[0][j] = n_0 < TINY_POWER ? 0.0 : n_0;
+            state[1][j] = n_1 < TINY_POWER ? 0.0 : n_1;
+        }
+    }
+}
+
+void room_wet(const float *x, const float *a, const float *c, const float *q, const float *v0, int64_t frames,
+              int64_t bins, float *wet, float *v) {
+#pragma omp parallel for schedule(static)
+    for (int64_t first = 0; first < bins; first += ROOM_BLOCK) {
+        if (v)
+            room_wet_block(x, a, c, q, v0, frames, bins, first, wet, v, 1);
+        else
+            room_wet_block(x, a, c, q, v0, frames, bins, first, wet, v, 0);
+    }
+}
+
+/* Its gradient for g = dL/dwet, with G_s[m] = dL/dv_s[m] = g[m] + q_s G_s[m + 1] (G_s[frames] = 0):
+ *     dL/dx[m] = a g[m] + sum_s c_s G_s[m + 1],
+ *     dL/da = sum_m g[m] x[m],  dL/dc_s = sum_m G_s[m + 1] x[m],  dL/dq_s = sum_m G_s[m + 1] v_s[m];
+ * those of a, c and q only if grad_a is not NULL (then v must be kept; a held room needs neither). */
+SPECIALISED void room_wet_backward_block(const float *grad, const float *x, const float *a, const float *c,
+                                         const float *q, const float *v, int64_t frames, int64_t bins, int64_t first,
+                                         float *grad_x, float *grad_a, float *grad_c, float *grad_q, int params) {
+    const int64_t n = bins - first < ROOM_BLOCK ? bins - first : ROOM_BLOCK;
+    double next[2][ROOM_BLOCK], d_a[ROOM_BLOCK], d_c[2][ROOM_BLOCK], d_q[2][ROOM_BLOCK];
+    for (int64_t j = 0; j < n; j++)
+        next[0][j] = next[1][j] = d_a[j] = d_c[0][j] = d_c[1][j] = d_q[0][j] = d_q[1][j] = 0.0;
+    for (int64_t m = frames - 1; m >= 0; m--) {
+        const int64_t row = m * bins + first;
+        for (int64_t j = 0; j < n; j++) {
+            const int64_t f = first + j;
+            const double g = grad[row + j], xv = x[row + j];
+            grad_x[row + j] = (float)(a[f] * g + c[f] * next[0][j] + c[bins + f] * next[1][j]);
+            if (params) {
+                d_a[j] += g * xv;
+                d_c[0][j] += next[0][j] * xv, d_c[1][j] += next[1][j] * xv;
+                d_q[0][j] += next[0][j] * v[row + j], d_q[1][j] += next[1][j] * v[frames * bins + row + j];
+            }
+            const double n_0 = g + q[f] * next[0][j], n_1 = g + q[bins + f] * next[1][j];
+            next[0][j] = fabs(n_0) < TINY_POWER ? 0.0 : n_0;
+            next[1][j] = fabs(n_1) < TINY_POWER ? 0.0 : n_1;
+        }
+    }
+    if (params)
+        for (int64_t j = 0; j < n; j++) {
+            grad_a[first + j] = (float)d_a[j];
+            for (int64_t s = 0; s < 2; s++) {
+                grad_c[s * bins + first + j] = (float)d_c[s][j];
+                grad_q[s * bins + first + j] = (float)d_q[s][j];
+            }
+        }
+}
+
+void room_wet_backward(const float *grad, const float *x, const float *a, const float *c, const float *q,
+                       const float *v, int64_t frames, int64_t bins, float *grad_x, float *grad_a, float *grad_c,
+                       float *grad_q) {
+#pragma omp parallel for schedule(static)
+    for (int64_t first = 0; first < bins; first += ROOM_BLOCK) {
+        if (grad_a)
+            room_wet_backward_block(grad, x, a, c, q, v, frames, bins, first, grad_x, grad_a, grad_c, grad_q, 1);
+        else
+            room_wet_backward_block(grad, x, a, c, q, v, frames, bins, first, grad_x, grad_a, grad_c, grad_q, 0);
+    }
+}

@@ -2,6 +2,8 @@
 
 Every signal here is at the original level (divided by `AtomSet.gain`) and lasts
 the whole file, so stems line up in any audio editor and sum to the full render.
+A file's room (`splat.room`) reverberates what is rendered: a subset plays in it,
+and its reverberation of the whole file is a stem of its own.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import torch
 from splat.atoms import AtomSet
 from splat.edit import note_name
 from splat.errors import ParameterError
-from splat.synth import atom_signals, floor_signal
+from splat.synth import atom_signals, dry_signal, floor_signal, room_signal
 
-#: Stem file name of the noise floor (the atoms' stems are named by `stem_name`).
+#: Stem file names of the noise floor and of the room's reverberation (the atoms' stems are named by `stem_name`).
 FLOOR_STEM = "floor"
+ROOM_STEM = "room"
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,7 @@ def check_indices(atom_set: AtomSet, indices: Sequence[int]) -> list[int]:
 
 
 def render_subset(atom_set: AtomSet, indices: Sequence[int]) -> np.ndarray:
-    """Render only the atoms `indices` (no noise floor), over the whole file.
+    """Render only the atoms `indices` (no noise floor), over the whole file, in the file's room if it has one.
 
     Returns:
         Audio at the original level, shape (n_samples,), float32.
@@ -68,20 +71,22 @@ def render_subset(atom_set: AtomSet, indices: Sequence[int]) -> np.ndarray:
     out = torch.zeros(atom_set.n_samples, dtype=torch.float64)
     for _, first, audio in atom_signals(atom_set, check_indices(atom_set, indices)):
         out[first : first + audio.numel()] += audio
+    out += room_signal(atom_set, out)
     return (out / atom_set.gain).float().numpy()
 
 
 def stems(atom_set: AtomSet, indices: Sequence[int] | None = None) -> Iterator[Stem]:
-    """One whole-file stem per atom (and one for the noise floor when all atoms are asked for).
+    """One whole-file stem per atom (and, when all atoms are asked for, one for the noise floor and one
+    for the room's reverberation of everything).
 
-    The stems of all atoms and the floor sum to `splat.render(atom_set)` (to float32 precision).
+    The stems of all atoms, the floor and the room sum to `splat.render(atom_set)` (to float32 precision).
 
     Args:
         atom_set: The atoms.
         indices: Atoms to make stems of; None for every atom plus the floor.
 
     Yields:
-        `Stem`s, in index order, the floor last; one at a time, to bound memory.
+        `Stem`s, in index order, then the floor, then the room; one at a time, to bound memory.
 
     Raises:
         ParameterError: if an index names no atom.
@@ -98,6 +103,9 @@ def stems(atom_set: AtomSet, indices: Sequence[int] | None = None) -> Iterator[S
     if indices is None and atom_set.floor:
         _, audio = floor_signal(atom_set)
         yield Stem(FLOOR_STEM, (audio / atom_set.gain).float().numpy())
+    if indices is None and atom_set.room is not None:
+        wet = room_signal(atom_set, dry_signal(atom_set))
+        yield Stem(ROOM_STEM, (wet / atom_set.gain).float().numpy())
 
 
 def residual(original: np.ndarray, original_rate: int, rendered: np.ndarray, rendered_rate: int) -> np.ndarray:

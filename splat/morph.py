@@ -46,7 +46,7 @@ def match(a: AtomSet, b: AtomSet) -> list[tuple[int, int]]:
 def morph(a: AtomSet, b: AtomSet, amount: float) -> AtomSet:
     """The atoms `amount` of the way from A to B (0 gives A, 1 gives B).
 
-    File settings (envelope, partials, floor, seed, config) are A's below amount
+    File settings (envelope, partials, floor, room, seed, config) are A's below amount
     0.5 and B's from it; the length is the longer of the two in between.
 
     Args:

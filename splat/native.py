@@ -3,8 +3,8 @@
 On PyTorch alone a fit step is about a thousand small tensor operations. With
 the kernels, everything but the matrix products is a few loops in C, each with
 its gradient written out: the atoms' powers on the time grid, the frames'
-window sums, the noise bands, the partials' splats and the loss (and, for the
-renderer, the resonance recursion). The library is compiled once per machine
+window sums, the noise bands, the partials' splats, the room's reverberation
+and the loss (and, for the renderer, the resonance recursion). The library is compiled once per machine
 with the system's C compiler into the user's cache folder
 (`$XDG_CACHE_HOME/splat`, else `~/.cache/splat`), keyed by a hash of the
 source, the flags and the CPU, and loaded from there afterwards (~1 s the first
@@ -74,6 +74,8 @@ SIGNATURES = {
         [_VV, _F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _F, _F, ctypes.c_int],
     ),
     "max_threads": (_I, []),
+    "room_wet": (None, [_F, _F, _F, _F, _F, _I, _I, _F, _F]),
+    "room_wet_backward": (None, [_F, _F, _F, _F, _F, _F, _I, _I, _F, _F, _F, _F]),
     "resonance_spectra": (None, [_F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I]),
     "resonance_spectra_backward": (
         None,

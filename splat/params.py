@@ -178,6 +178,45 @@ def floor_to_raw(level_db: Tensor, ceiling_db: Tensor) -> Tensor:
     return torch.logit(unit.clamp(_EDGE, 1 - _EDGE))
 
 
+@dataclass(frozen=True)
+class RoomBounds:
+    """Physical ranges of the room (`splat.room`): each band's decay and the wet level."""
+
+    rt60_s: Range = Range(0.1, 8.0, log=True)
+    level_db: Range = Range(-60.0, 12.0)
+
+
+@dataclass
+class RoomParams:
+    """The room in physical units (see `splat.room`).
+
+    Attributes:
+        rt60_s: Time for each band's reverberation to fall by 60 dB, shape (bands,).
+        level_db: Energy of the reverberation relative to the direct sound, shape ().
+    """
+
+    rt60_s: Tensor
+    level_db: Tensor
+
+
+def room_to_physical(raw: Tensor, bounds: RoomBounds) -> RoomParams:
+    """Map the room's raw parameters, shape (bands + 1,): every band's rt60_s (log scale), then level_db.
+
+    Each is lo + (hi - lo) * sigmoid(raw), in log units for rt60_s.
+    """
+    rt60 = bounds.rt60_s
+    lo, hi = math.log(rt60.lo), math.log(rt60.hi)
+    rt60_s = torch.exp(lo + (hi - lo) * torch.sigmoid(raw[:-1]))
+    level = bounds.level_db
+    return RoomParams(rt60_s=rt60_s, level_db=level.lo + (level.hi - level.lo) * torch.sigmoid(raw[-1]))
+
+
+def room_to_raw(room: RoomParams, bounds: RoomBounds) -> Tensor:
+    """Exact inverse of `room_to_physical` (values on a bound are pulled inside by 1e-6), shape (bands + 1,)."""
+    rt60 = _inverse(room.rt60_s, bounds.rt60_s)
+    return torch.cat([rt60, _inverse(room.level_db, bounds.level_db).reshape(1).to(rt60.dtype)])
+
+
 def to_physical(raw: Tensor, *, bounds: Bounds, t0_s: Tensor, span_s: Tensor | float) -> AtomParams:
     """Map raw parameters to physical units.
 

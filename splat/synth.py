@@ -3,7 +3,7 @@
 `render_atoms` is simple and differentiable (the reference engine fits with
 it); `render_atom_set` renders a whole `AtomSet` (the JSON alone) to audio,
 one atom at a time, each only over its own support, plus each segment's noise
-floor (`splat.floor`).
+floor (`splat.floor`), and then the room's reverberation of all that (`splat.room`).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat import dsp, floor
+from splat import dsp, floor, room
 from splat.atoms import AtomSet
-from splat.params import AtomParams
+from splat.params import AtomParams, RoomParams
 
 #: Length of each atom's noise realisation, in seconds (covers the longest burst).
 NOISE_S = 4.0
@@ -208,12 +208,23 @@ def render_atom_set(atom_set: AtomSet, *, device: torch.device | str = "cpu") ->
         FormatError: If a field is out of its range (`AtomSet.validate`).
     """
     atom_set.validate()
+    out = dry_signal(atom_set, device=device)
+    out += room_signal(atom_set, out)
+    return (out / atom_set.gain).float().cpu().numpy()
+
+
+def dry_signal(atom_set: AtomSet, *, device: torch.device | str = "cpu") -> Tensor:
+    """Every atom and the noise floor, without the room, at the normalised level.
+
+    Returns:
+        Audio, shape (n_samples,), float64.
+    """
     out = torch.zeros(atom_set.n_samples, dtype=torch.float64, device=device)
     for _, first, audio in atom_signals(atom_set, range(len(atom_set.atoms)), device=device):
         out[first : first + audio.numel()] += audio
     first, audio = floor_signal(atom_set, device=device)
     out[first : first + audio.numel()] += audio
-    return (out / atom_set.gain).float().cpu().numpy()
+    return out
 
 
 def atom_signals(
@@ -271,3 +282,23 @@ def floor_signal(atom_set: AtomSet, *, device: torch.device | str = "cpu") -> tu
         )
         out[first : first + audio.numel()] += audio
     return (0, out) if atom_set.floor else (0, out[:0])
+
+
+def room_signal(atom_set: AtomSet, dry: Tensor) -> Tensor:
+    """The room's reverberation of `dry` (`splat.room`); zeros if the file has no room.
+
+    Args:
+        atom_set: A validated AtomSet.
+        dry: What the file renders without its room, shape (n_samples,), at the normalised level.
+
+    Returns:
+        The wet signal, shape (n_samples,), in dry's dtype and device.
+    """
+    if atom_set.room is None:
+        return torch.zeros_like(dry)
+    sr = atom_set.sample_rate
+    noises = room.band_noises(atom_set.room.noise_seed, sample_rate=sr, device=dry.device).to(dry.dtype)
+    like = {"device": dry.device, "dtype": dry.dtype}
+    params = RoomParams(torch.tensor(atom_set.room.rt60_s, **like), torch.tensor(atom_set.room.level_db, **like))
+    ir = room.impulse_response(params, noises, sample_rate=sr, n_samples=dry.numel())
+    return room.reverberate(dry, ir)

@@ -203,7 +203,7 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 5
+    assert doc["version"] == FORMAT_VERSION == 6
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -404,8 +404,8 @@ def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[s
 
 DOCUMENT_ERRORS = {
     "unknown version": (
-        lambda d: _set(d, version=6),
-        r"version=6 is not supported; this splat reads versions 1, 2, 3, 4, 5",
+        lambda d: _set(d, version=7),
+        r"version=7 is not supported; this splat reads versions 1, 2, 3, 4, 5, 6",
     ),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),

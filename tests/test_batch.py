@@ -228,11 +228,11 @@ def test_unreadable_checkpoints_are_ignored(tmp_path):
 # --- checkpoint and resume ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("noise_floor", [False, True])
-def test_resuming_from_any_saved_state_gives_the_uninterrupted_fit(noise_floor):
+@pytest.mark.parametrize(("noise_floor", "room"), [(False, False), (True, False), (False, True)])
+def test_resuming_from_any_saved_state_gives_the_uninterrupted_fit(noise_floor, room):
     """The state after each chunk, through its JSON, resumes to exactly the uninterrupted result."""
     audio = np.concatenate([tone(220.0, 0.2), tone(330.0, 0.2), tone(262.0, 0.2)])
-    config = FitConfig(n_atoms=2, n_iters=4, segment_s=0.1, segments_per_chunk=1, noise_floor=noise_floor)
+    config = FitConfig(n_atoms=2, n_iters=4, segment_s=0.1, segments_per_chunk=1, noise_floor=noise_floor, room=room)
     states: list[FitState] = []
     whole = fit(audio, SAMPLE_RATE, config, checkpoint=states.append)
     assert [s.n_done for s in states] == [1, 2, 3] and states[0].n_chunks == 4

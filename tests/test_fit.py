@@ -116,9 +116,9 @@ def test_sparsity_keeps_fewer_atoms():
 @pytest.mark.parametrize(
     ("changes", "kernels"),
     [
-        ({"noise_floor": True, "greedy": 0.5}, True),
-        ({"noise_floor": True, "greedy": 0.5}, False),
-        ({"engine": "reference", "noise_floor": True}, True),
+        ({"noise_floor": True, "greedy": 0.5, "room": True}, True),
+        ({"noise_floor": True, "greedy": 0.5, "room": True}, False),
+        ({"engine": "reference", "noise_floor": True, "room": True}, True),
     ],
     ids=["fast", "fast-pytorch-only", "reference"],
 )
@@ -130,7 +130,7 @@ def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes, kern
     the first operation mixing it with the fit's CPU tensors fails, as a CPU
     tensor would next to CUDA ones; with the default dtype float64, one made
     without a dtype fails the float32 products, or changes the result. Two chunks,
-    a floor, the greedy loss, reseeds and prunes, and the final render all run,
+    a floor, a room, the greedy loss, reseeds and prunes, and the final render all run,
     with the native kernels and without them (the code a GPU runs).
     """
     if not kernels:
