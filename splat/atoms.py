@@ -23,7 +23,7 @@ from splat.files import write_text_atomic
 from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
@@ -31,7 +31,7 @@ FORMAT_VERSION = 5
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
 #: Versions 1-4 had no formant: their atoms get a 0 dB one (no change).
-READABLE_VERSIONS = (1, 2, 3, 4, FORMAT_VERSION)
+READABLE_VERSIONS = (1, 2, 3, 4, 5, FORMAT_VERSION)
 #: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),

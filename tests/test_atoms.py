@@ -183,6 +183,15 @@ def test_a_version_4_atom_is_read_without_a_formant():
     assert AtomSet.from_dict(doc) == plain
 
 
+def test_a_version_5_file_loads_and_renders_as_before():
+    atom_set = _atom_set()
+    doc = atom_set.to_dict()
+    doc["version"] = 5
+    loaded = AtomSet.from_dict(doc)
+    assert loaded == atom_set
+    np.testing.assert_array_equal(render_atom_set(loaded), render_atom_set(atom_set))
+
+
 @pytest.mark.parametrize("name", ["release_s", "formant_db"])
 def test_a_version_5_atom_must_have_its_release_and_formant(name):
     doc = _atom_set().to_dict()
@@ -203,7 +212,7 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 5
+    assert doc["version"] == FORMAT_VERSION == 6
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -404,8 +413,8 @@ def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[s
 
 DOCUMENT_ERRORS = {
     "unknown version": (
-        lambda d: _set(d, version=6),
-        r"version=6 is not supported; this splat reads versions 1, 2, 3, 4, 5",
+        lambda d: _set(d, version=7),
+        r"version=7 is not supported; this splat reads versions 1, 2, 3, 4, 5, 6",
     ),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),
