@@ -3,18 +3,21 @@
     python benchmarks/quality.py                                   # everything
     python benchmarks/quality.py --methods mp64,ltas --clips piano_scale_ms
     python benchmarks/quality.py --methods splat --iters 200 --skip-done
+    python benchmarks/quality.py --methods splat --clips guitar_real --polish 10 --out /tmp/q.md --no-plots
 
 Methods, each on every 2^15-sample clip of the audio folder:
 
-- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed``, ``--floor`` and ``--room``
-  change n_iters, seed, noise_floor and room).
+- ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed``, ``--floor``, ``--room``,
+  ``--polish`` and ``--perceptual`` change n_iters, seed, noise_floor, room, polish_iters and perceptual_weight).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
 - ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (230 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
 - ``random_phase``: the clip's STFT magnitudes with random phases.
 
 Metrics: MR-STFT distance and log-mel distance (lower is better), ViSQOL MOS
-(higher is better), and for splat and matching pursuit the atoms read as events
+(higher is better), the residual checks (the share of the residual's energy that is
+tonal and the share of the original's onset strength the reconstruction misses; lower
+is better; see `splat.evaluate`), and for splat and matching pursuit the atoms read as events
 (30 dB rule; see `splat.evaluate`): note precision/recall/F1 and events per note
 on clips with notes, onset F1 on the drums. A matching-pursuit atom's onset is
 its window start (centre minus half its length), its pitch its frequency, its
@@ -120,7 +123,12 @@ def score(
 ) -> dict[str, Any]:
     """All metrics of one reconstruction, plus the ViSQOL run time in seconds."""
     report = evaluate_pair(original, output.audio, sample_rate, with_visqol=False)
-    row: dict[str, Any] = {"mrstft": report.mrstft, "log_mel_db": report.log_mel_db}
+    row: dict[str, Any] = {
+        "mrstft": report.mrstft,
+        "log_mel_db": report.log_mel_db,
+        "tonal_residual": report.tonal_residual_share,
+        "missed_onsets": report.missed_onset_share,
+    }
     if with_visqol:
         start = time.perf_counter()
         row["visqol_mos"] = visqol_mos(original, output.audio, sample_rate)
@@ -160,6 +168,8 @@ COLUMNS = (  # (key, header, digits)
     ("mrstft", "MR-STFT ↓", 3),
     ("log_mel_db", "log-mel dB ↓", 2),
     ("visqol_mos", "ViSQOL ↑", 2),
+    ("tonal_residual", "tonal resid. ↓", 2),
+    ("missed_onsets", "missed onsets ↓", 2),
     ("n_atoms", "atoms", 0),
     ("n_events", "events", 0),
     ("precision", "P", 2),
@@ -211,8 +221,10 @@ def report(results: dict[str, dict[str, Any]]) -> str:
         f"`mp_equal` = matching pursuit with the numbers of 64 splat atoms ({gabor_atoms_for_splat_budget(64)} atoms "
         f"= floor(64 x {N_FIELDS} / 5)); `ltas` = noise with the clip's long-term spectrum and RMS; `random_phase` = "
         "the clip's STFT magnitudes with random phases (RMS matched). Events are atoms within 30 dB of the "
-        "loudest; notes are matched within 50 ms and 50 cents, offsets ignored. `run s` is the method's "
-        "wall time, `ViSQOL s` the time of one ViSQOL score.",
+        "loudest; notes are matched within 50 ms and 50 cents, offsets ignored. `tonal resid.` is the share of "
+        "the residual's energy in spectral peaks that last 0.1 s or more, `missed onsets` the share of the "
+        "original's onset strength (log-mel flux) the reconstruction lacks (`splat.evaluate`). `run s` is the "
+        "method's wall time, `ViSQOL s` the time of one ViSQOL score.",
         "",
         "## Mean over clips, per method",
         "",
@@ -249,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=FitConfig().seed, help="splat's seed (FitConfig.seed)")
     parser.add_argument("--floor", action="store_true", help="fit splat with its noise floor (FitConfig.noise_floor)")
     parser.add_argument("--room", action="store_true", help="fit splat with the file's room (FitConfig.room)")
+    parser.add_argument("--polish", type=int, default=0, help="splat's polish steps (FitConfig.polish_iters)")
+    parser.add_argument("--perceptual", type=float, default=0.0, help="splat's FitConfig.perceptual_weight")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "quality.md")
     parser.add_argument("--skip-done", action="store_true", help="keep stored results instead of recomputing them")
     parser.add_argument("--no-visqol", action="store_true", help="skip ViSQOL")
@@ -267,13 +281,23 @@ def main(argv: list[str] | None = None) -> int:
         if name not in METHODS:
             parser.error(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
 
-    config = replace(FitConfig(), seed=args.seed, noise_floor=args.floor, room=args.room)
+    config = replace(
+        FitConfig(),
+        seed=args.seed,
+        noise_floor=args.floor,
+        room=args.room,
+        polish_iters=args.polish,
+        perceptual_weight=args.perceptual,
+    )
     if args.iters is not None:
         config = replace(config, n_iters=args.iters)
     settings = f"n_iters={config.n_iters}"
     settings += f", seed={config.seed}" if config.seed != FitConfig().seed else ""
     settings += ", noise_floor=True" if config.noise_floor else ""
     settings += ", room=True" if config.room else ""
+    settings += f", polish_iters={config.polish_iters}" if config.polish_iters != FitConfig().polish_iters else ""
+    weight = config.perceptual_weight
+    settings += f", perceptual_weight={weight:g}" if weight != FitConfig().perceptual_weight else ""
     store = args.out.with_suffix(".json")
     results: dict[str, dict[str, Any]] = json.loads(store.read_text()) if store.exists() else {}
     command = shlex.join(["python", *sys.argv]) if argv is None else shlex.join(["quality.py", *argv])

@@ -324,6 +324,26 @@ def fit_command(
             " must explain the audio; 0 = the plain loss. Fast engine only.",
         ),
     ] = _FIT_DEFAULTS.greedy,
+    polish_iters: Annotated[
+        int,
+        typer.Option(
+            "--polish",
+            min=0,
+            metavar="N",
+            help="Steps per chunk on the rendered audio (real STFT loss; seeds, onsets, pitches held) after the"
+            " fast engine's; 10 steps about double a fit's time. Fast engine only.",
+        ),
+    ] = _FIT_DEFAULTS.polish_iters,
+    perceptual_weight: Annotated[
+        float,
+        typer.Option(
+            "--perceptual",
+            min=0.0,
+            metavar="W",
+            help="Weight (>= 0) of a loss term on log magnitudes pooled into bands 1 ERB wide (all of the ear's"
+            " bands count alike); 0 = the plain loss.",
+        ),
+    ] = _FIT_DEFAULTS.perceptual_weight,
     noise_floor: Annotated[
         bool,
         typer.Option(
@@ -419,6 +439,8 @@ def fit_command(
             engine=engine,
             envelope=envelope,
             greedy=greedy,
+            polish_iters=polish_iters,
+            perceptual_weight=perceptual_weight,
             noise_floor=noise_floor,
             room=room,
             segment_s=segment_s,

@@ -73,6 +73,7 @@ class FastEngine:
         *,
         background: tuple[AtomParams, Tensor | None, Tensor] | None = None,
         room_states: list[Tensor] | None = None,
+        perceptual_weight: float = 0.0,
     ) -> None:
         """Prepare everything that does not depend on the parameters.
 
@@ -87,6 +88,7 @@ class FastEngine:
             room_states: With a room, how what sounded before the region rings into it:
                 per resolution, the room's recursions at the region's first frame
                 (`splat.room.RoomBands.carry`, shape (2, bins)); None for silence.
+            perceptual_weight: Weight of the ERB-band term of the distance (`loss.SpectralTarget`).
         """
         device = target.device
         self.spec = spec
@@ -95,7 +97,11 @@ class FastEngine:
         n_window = min(2 * region.n_segment, region.start + region.n_samples - region.segment_starts[0])
         self.grid = spectral.Grid(n_window=n_window, step=spec.grid_step, pad=spec.pad)
         self.plan = spectral.Plan(self.grid, spec.resolutions, sample_rate=spec.sample_rate, device=device)
-        self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
+        self.target = loss.SpectralTarget(
+            loss.region_powers(target, region.start, region.n_samples, spec.resolutions),
+            sample_rate=spec.sample_rate,
+            perceptual_weight=perceptual_weight,
+        )
         starts = torch.tensor(region.segment_starts, device=device)
         self.n_file = target.numel()
         self.window_start_s = (starts.float() / spec.sample_rate).unsqueeze(-1)
@@ -227,7 +233,13 @@ class FastEngine:
 
 
 class ReferenceEngine:
-    """Time-domain objective: render every atom, sum, take the real STFTs."""
+    """Time-domain objective: render every atom, sum, take the real STFTs.
+
+    Atoms are rendered in groups, each only from its earliest onset to where its
+    atoms have all fallen `synth.TAIL_DB` below their peaks (`synth.support_s`), as
+    `synth.render_atom_set` renders them: atoms given in onset order cost in
+    proportion to their own length, not the region's.
+    """
 
     def __init__(
         self,
@@ -240,6 +252,7 @@ class ReferenceEngine:
         room_seed: int | None = None,
         background_audio: Tensor | None = None,
         atoms_per_group: int = 8,
+        perceptual_weight: float = 0.0,
     ) -> None:
         """Args:
         target: Normalised audio of the whole file, shape (samples,).
@@ -248,16 +261,21 @@ class ReferenceEngine:
         noise_seeds: Seeds of the atoms to fit, shape (segments, atoms).
         floor_seeds: Seeds of the segments' noise floors, shape (segments,), or None (no floor).
         room_seed: Seed of the room's noise, or None (no room).
-        background_audio: Earlier segments rendered over the whole file (with their room), shape
-            (samples,), or None.
+        background_audio: Earlier segments' audio over the region's context (`context_span`), with
+            their room, shape (n_samples + 2 * pad,), or None.
         atoms_per_group: Atoms rendered per checkpointed group (bounds memory).
+        perceptual_weight: Weight of the ERB-band term of the distance (`loss.SpectralTarget`).
         """
         self.spec = spec
         self.region = region
         self.n_file = target.numel()
-        self.target = loss.SpectralTarget(loss.region_powers(target, region.start, region.n_samples, spec.resolutions))
-        self.first = region.start - spec.pad  # sample of the rendered context's start
-        self.n_context = region.n_samples + 2 * spec.pad
+        self.target = loss.SpectralTarget(
+            loss.region_powers(target, region.start, region.n_samples, spec.resolutions),
+            sample_rate=spec.sample_rate,
+            perceptual_weight=perceptual_weight,
+        )
+        self.first, end = self.context_span(region, spec)  # file samples of the rendered context
+        self.n_context = end - self.first
         n_noise = synth.noise_length(spec.sample_rate)
         flat = synth.white_noise(noise_seeds.flatten().cpu(), n_samples=n_noise, device=target.device)
         self.white = flat.reshape(1, -1, n_noise)
@@ -270,22 +288,22 @@ class ReferenceEngine:
         self.room_noises = None
         if room_seed is not None:
             self.room_noises = band_noises(room_seed, sample_rate=spec.sample_rate, device=target.device).float()
-        self.background = None
-        if background_audio is not None:
-            lo, hi = max(self.first, 0), min(self.first + self.n_context, background_audio.numel())
-            bg = torch.zeros(self.n_context, device=target.device, dtype=target.dtype)
-            bg[lo - self.first : hi - self.first] = background_audio[lo:hi]
-            self.background = bg
+        self.background = background_audio
         self.atoms_per_group = atoms_per_group
 
-    def _render_group(self, white: Tensor, *fields: Tensor) -> Tensor:
+    @staticmethod
+    def context_span(region: Region, spec: ModelSpec) -> tuple[int, int]:
+        """File samples [first, end) the engine renders: the region and half the longest FFT on each side."""
+        return region.start - spec.pad, region.start + region.n_samples + spec.pad
+
+    def _render_group(self, white: Tensor, first: int, n_samples: int, *fields: Tensor) -> Tensor:
         params = AtomParams(*fields)
         audio = synth.render_atoms(
             params,
             white,
-            n_samples=self.n_context,
+            n_samples=n_samples,
             sample_rate=self.spec.sample_rate,
-            start=self.first,
+            start=first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
         )
@@ -300,10 +318,22 @@ class ReferenceEngine:
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
         n = flat.time_s.shape[1]
+        sr = self.spec.sample_rate
+        with torch.no_grad():
+            onsets = torch.floor(flat.time_s * sr).long().clamp(self.first, self.first + self.n_context)
+            ends = torch.ceil((flat.time_s + synth.support_s(flat)) * sr).long() + 1
         for lo in range(0, n, self.atoms_per_group):
             group = flat.select(slice(lo, lo + self.atoms_per_group))
             white = self.white[:, lo : lo + self.atoms_per_group]
-            mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
+            # An atom is silent before its onset: render the group from its earliest one.
+            first = max(int(onsets[0, lo : lo + self.atoms_per_group].min()), self.first)
+            end = min(int(ends[0, lo : lo + self.atoms_per_group].max()), self.first + self.n_context)
+            if end <= first:
+                continue
+            audio = checkpoint(
+                self._render_group, white, first, end - first, *vars(group).values(), use_reentrant=False
+            )
+            mix = mix + torch.nn.functional.pad(audio, (first - self.first, self.first + self.n_context - end))
         if floor_db is not None:
             for j, (start_s, end_s, seed) in enumerate(self.floors):
                 lo, audio = synth.render_floor_segment(

@@ -8,6 +8,13 @@ Signal metrics compare two mono signals at the same sample rate:
 - `visqol_mos`: ViSQOL v3 (audio mode) MOS-LQO, from 1 (bad) to about 4.7
   (identical), via the pure-Python `visqol` package.
 
+Residual checks: what the atoms leave out should be noise, not notes or hits.
+
+- `tonal_residual_share`: the share of the residual's energy (the power the
+  reconstruction lacks, cell by cell) in steady spectral peaks (partials the atoms missed).
+- `missed_onset_share`: the share of the original's onset strength that the
+  reconstruction does not reproduce (attacks the atoms missed).
+
 Event metrics read the atoms as note events (`note_events_from_atoms`) and score
 them with mir_eval against the ground-truth notes or hits of the shared audio
 clips (`load_ground_truth`): note precision/recall/F1 with onset and pitch
@@ -53,6 +60,19 @@ _NOMINAL_NOTE_S = 0.1
 _MEL_FLOOR_POWER = 1e-10
 #: Longest FFT of the two spectral distances (auraloss's 2048, the log-mel's 2048).
 _LONGEST_FFT = 2048
+#: STFT of the tonal-residual check: Hann window, n_fft and hop in samples (the log-mel's).
+TONAL_N_FFT = 2048
+TONAL_HOP = 512
+#: A residual bin is a spectral peak if it is at least as strong as its two neighbours and
+#: more than this many dB above each bin three away (outside the Hann window's main lobe,
+#: +-2 bins, so a sinusoid's own lobe never hides its peak).
+TONAL_PEAK_DB = 10.0
+#: A peak is tonal if it lies on a chain of peaks (one per frame, each within a bin of the last) this long (s).
+TONAL_MIN_S = 0.1
+#: Bins on each side of a tonal peak counted as its energy (the Hann main lobe).
+_TONAL_LOBE_BINS = 2
+#: Range of the log-mel levels of the missed-onset check, in dB under the original's loudest cell.
+ONSET_RANGE_DB = 80.0
 
 
 def require_optional(module: str) -> Any:
@@ -118,9 +138,12 @@ def mrstft_distance(original: np.ndarray, reconstruction: np.ndarray, sample_rat
     return float(value)
 
 
+def _mel_power(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    return librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=2048, hop_length=512, n_mels=128, power=2.0)
+
+
 def _log_mel_db(audio: np.ndarray, sample_rate: int) -> np.ndarray:
-    mel = librosa.feature.melspectrogram(y=audio, sr=sample_rate, n_fft=2048, hop_length=512, n_mels=128, power=2.0)
-    return librosa.power_to_db(mel, ref=1.0, amin=_MEL_FLOOR_POWER, top_db=None)
+    return librosa.power_to_db(_mel_power(audio, sample_rate), ref=1.0, amin=_MEL_FLOOR_POWER, top_db=None)
 
 
 def log_mel_distance_db(original: np.ndarray, reconstruction: np.ndarray, sample_rate: int) -> float:
@@ -199,6 +222,135 @@ def visqol_mos(original: np.ndarray, reconstruction: np.ndarray, sample_rate: in
     finally:
         torch.set_num_threads(n_threads)
     return float(result.moslqo)
+
+
+def tonal_residual_share(original: np.ndarray, reconstruction: np.ndarray, sample_rate: int) -> float:
+    """Share of the residual's energy that is tonal: in spectral peaks that persist.
+
+    The residual is taken on power spectrograms (Hann window of `TONAL_N_FFT` samples, hop
+    `TONAL_HOP`, centred frames): R = max(0, P - Q) per cell, the power of the original P
+    that the reconstruction Q lacks. Not the spectrogram of the difference signal: atoms do
+    not fit the phases of the partials, so a partial drawn at exactly the right level and
+    frequency but with another phase leaves a difference signal that is a steady sinusoid
+    of up to four times its power (all tonal), where it leaves no power deficit.
+
+    A cell (frame m, bin k) of R is a *peak* if R[m, k] >= R[m, k +- 1] and
+    R[m, k] > 10^(`TONAL_PEAK_DB` / 10) R[m, k +- 3] (three bins is outside the Hann main
+    lobe, +-2 bins). A peak is *tonal* if it lies on a chain of peaks in consecutive frames,
+    each within one bin of the one before (a partial gliding by up to a bin per frame), at
+    least `TONAL_MIN_S` long (ceil(TONAL_MIN_S sample_rate / TONAL_HOP) frames: 5 at
+    22.05 kHz). The tonal energy is the residual power of the cells within 2 bins of a tonal
+    peak (a sinusoid's Hann main lobe), each counted once; the share is that over all of R.
+
+    About 1 when the reconstruction misses a steady sinusoid and nothing else, about 0 when
+    it misses only white noise (its peaks rarely stand 10 dB over both bins three away, and
+    hardly ever chain through 5 frames), and 0 when it lacks nothing.
+
+    Args:
+        original: Reference audio, shape (samples,).
+        reconstruction: Audio to score, shape (samples,); cut or zero-padded to
+            the original's length.
+        sample_rate: Sample rate of both signals in Hz.
+
+    Returns:
+        The share, in [0, 1].
+
+    Raises:
+        ParameterError: If a signal is not 1-D, empty or not finite, or the sample
+            rate is not a positive integer.
+    """
+    ref, est = (zero_padded(x, TONAL_N_FFT) for x in _check_pair(original, reconstruction, sample_rate))
+    power = [
+        np.abs(librosa.stft(x, n_fft=TONAL_N_FFT, hop_length=TONAL_HOP)).astype(np.float64) ** 2 for x in (ref, est)
+    ]
+    residual = np.maximum(power[0] - power[1], 0.0)  # (bins, frames)
+    total = float(residual.sum())
+    if total == 0.0:
+        return 0.0
+    ratio = 10.0 ** (TONAL_PEAK_DB / 10.0)
+    core = residual[3:-3]
+    peaks = np.zeros_like(residual, dtype=bool)
+    peaks[3:-3] = (
+        (core >= residual[2:-4])
+        & (core >= residual[4:-2])
+        & (core > ratio * residual[:-6])
+        & (core > ratio * residual[6:])
+    )
+    min_frames = math.ceil(TONAL_MIN_S * sample_rate / TONAL_HOP)
+    tonal = peaks & (_chain_lengths(peaks) >= min_frames)
+    lobes = tonal.copy()
+    for shift in range(1, _TONAL_LOBE_BINS + 1):
+        lobes[shift:] |= tonal[:-shift]
+        lobes[:-shift] |= tonal[shift:]
+    return float(residual[lobes].sum() / total)
+
+
+def _chain_lengths(peaks: np.ndarray) -> np.ndarray:
+    """Frames in the longest chain of peaks through each peak, 0 elsewhere.
+
+    A chain has a peak in each of consecutive frames, each within one bin of the one
+    before (a partial may glide by up to one bin per frame).
+
+    Args:
+        peaks: Shape (bins, frames), bool.
+
+    Returns:
+        Shape (bins, frames), int.
+    """
+
+    def runs(cells: np.ndarray) -> np.ndarray:
+        # Chain length ending at each peak, frame by frame: 1 + the longest within a bin in the frame before.
+        out = np.zeros(cells.shape, dtype=np.int64)
+        for m in range(cells.shape[1]):
+            before = out[:, m - 1] if m else np.zeros(cells.shape[0], dtype=np.int64)
+            best = before.copy()
+            best[1:] = np.maximum(best[1:], before[:-1])
+            best[:-1] = np.maximum(best[:-1], before[1:])
+            out[:, m] = np.where(cells[:, m], best + 1, 0)
+        return out
+
+    return np.where(peaks, runs(peaks) + runs(peaks[:, ::-1])[:, ::-1] - 1, 0)
+
+
+def missed_onset_share(original: np.ndarray, reconstruction: np.ndarray, sample_rate: int) -> float:
+    """Share of the original's onset strength that the reconstruction misses.
+
+    The onset strength of a signal in frame m is librosa's (`onset_strength`'s defaults):
+    the spectral flux of its log-mel spectrogram S (as `log_mel_distance_db` takes it: 128
+    bands, n_fft 2048, hop 512), o[m] = mean over bands of max(0, S[band, m] - S[band, m - 1]),
+    here with S in dB re the original's loudest cell and floored at -`ONSET_RANGE_DB` in both
+    signals (librosa's top_db, but one floor for the pair, so a reconstruction's rise out of
+    silence counts as the original's does). With o for the original and r for the
+    reconstruction, the share is sum_m max(0, o[m] - r[m]) / sum_m o[m]: 0 if the
+    reconstruction rises at least as much wherever the original does (a perfect one), 1 if it
+    never rises (silence); 0 if the original never rises.
+
+    Args:
+        original: Reference audio, shape (samples,).
+        reconstruction: Audio to score, shape (samples,); cut or zero-padded to
+            the original's length.
+        sample_rate: Sample rate of both signals in Hz.
+
+    Returns:
+        The share, in [0, 1].
+
+    Raises:
+        ParameterError: If a signal is not 1-D, empty or not finite, or the sample
+            rate is not a positive integer.
+    """
+    ref, est = (zero_padded(x, _LONGEST_FFT) for x in _check_pair(original, reconstruction, sample_rate))
+    mels = [_mel_power(x, sample_rate) for x in (ref, est)]
+    loudest = max(float(mels[0].max()), _MEL_FLOOR_POWER)
+    strength = []
+    for mel in mels:
+        level_db = np.maximum(
+            librosa.power_to_db(mel, ref=loudest, amin=_MEL_FLOOR_POWER, top_db=None), -ONSET_RANGE_DB
+        )
+        strength.append(np.maximum(0.0, np.diff(level_db, axis=1)).mean(axis=0))
+    total = float(strength[0].sum())
+    if total == 0.0:
+        return 0.0
+    return float(np.maximum(0.0, strength[0] - strength[1]).sum() / total)
 
 
 def _long_enough_for_visqol(n_samples: int, sample_rate: int) -> bool:
@@ -437,11 +589,16 @@ class EvalReport:
         f1: Note F1.
         event_atoms_per_note: Events divided by reference notes.
         onset_f1: Onset F-measure (unpitched ground truth and atoms only).
+        tonal_residual_share: Share of the residual's energy that is tonal (`tonal_residual_share`).
+        missed_onset_share: Share of the original's onset strength the reconstruction misses
+            (`missed_onset_share`).
     """
 
     mrstft: float
     log_mel_db: float
     visqol_mos: float | None = None
+    tonal_residual_share: float | None = None
+    missed_onset_share: float | None = None
     n_atoms: int | None = None
     n_events: int | None = None
     precision: float | None = None
@@ -456,6 +613,8 @@ class EvalReport:
             ("MR-STFT distance", self.mrstft, "{:.3f}"),
             ("log-mel distance (dB)", self.log_mel_db, "{:.2f}"),
             ("ViSQOL MOS-LQO (1-5)", self.visqol_mos, "{:.2f}"),
+            ("tonal share of residual energy", self.tonal_residual_share, "{:.3f}"),
+            ("missed share of onset strength", self.missed_onset_share, "{:.3f}"),
             ("atoms", self.n_atoms, "{:d}"),
             ("event atoms (within 30 dB)", self.n_events, "{:d}"),
             ("note precision", self.precision, "{:.3f}"),
@@ -478,7 +637,7 @@ def evaluate_pair(
 ) -> EvalReport:
     """Compute every metric that applies to a pair.
 
-    Signal metrics always; ViSQOL if `with_visqol` and the audio lasts at least
+    Signal metrics and residual checks always; ViSQOL if `with_visqol` and the audio lasts at least
     0.96 s (`VISQOL_MIN_SAMPLES_48K`); atom counts with `atom_set`; note scores with
     `atom_set` and a notes file, or the onset F-measure with an events file. Only
     ground-truth onsets inside the original's duration are scored.
@@ -522,5 +681,7 @@ def evaluate_pair(
         mrstft=mrstft_distance(ref, est, sample_rate),
         log_mel_db=log_mel_distance_db(ref, est, sample_rate),
         visqol_mos=mos,
+        tonal_residual_share=tonal_residual_share(ref, est, sample_rate),
+        missed_onset_share=missed_onset_share(ref, est, sample_rate),
         **event_fields,
     )

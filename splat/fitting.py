@@ -24,7 +24,7 @@ engine carries the room's recursions across, the reference engine renders it).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -118,6 +118,10 @@ FLOOR_START_DB = 6.0
 #: Where the room starts: every band's decay and the level of its tail.
 ROOM_START_RT60_S = 0.5
 ROOM_START_LEVEL_DB = -20.0
+#: The polish (`FitConfig.polish_iters`): its peak learning rate relative to `FitConfig.lr`, and the
+#: fields it leaves where the fast engine put them.
+POLISH_LR = 0.5
+POLISH_FIXED = ("time_s", "f0_hz")
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,10 @@ class FitConfig:
             `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
             "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
             returns the atoms the init placed, unchanged.
+        polish_iters: Steps per chunk on the reference engine after the fast engine's (the
+            rendered audio's real STFT distance, with the noise seeds fixed and the fields
+            in `POLISH_FIXED` held). Fast engine only.
+        perceptual_weight: Weight of the loss's ERB-band term (`splat.loss.SpectralTarget`).
     """
 
     n_atoms: int = 64
@@ -172,6 +180,8 @@ class FitConfig:
     noise_floor: bool = False
     init: str = "analysis"
     room: bool = False
+    polish_iters: int = 0
+    perceptual_weight: float = 0.0
 
     def validate(self) -> None:
         """Raises:
@@ -192,6 +202,8 @@ class FitConfig:
             (self.prune_db > 0, f"prune_db={self.prune_db} must be > 0"),
             (self.segments_per_chunk >= 1, f"segments_per_chunk={self.segments_per_chunk} must be >= 1"),
             (self.greedy >= 0, f"greedy={self.greedy} must be >= 0"),
+            (self.polish_iters >= 0, f"polish_iters={self.polish_iters} must be at least 0"),
+            (self.perceptual_weight >= 0, f"perceptual_weight={self.perceptual_weight} must be >= 0"),
             (
                 self.grid_step >= 1 and not self.grid_step & (self.grid_step - 1),
                 f"grid_step={self.grid_step} must be a power of two",
@@ -199,6 +211,10 @@ class FitConfig:
             (
                 self.greedy == 0 or self.engine == "fast",
                 f"greedy={self.greedy} needs the fast engine: use engine fast, or greedy 0",
+            ),
+            (
+                self.polish_iters == 0 or self.engine == "fast",
+                f"polish_iters={self.polish_iters} polishes the fast engine's fit: use engine fast, or polish 0",
             ),
         ]
         for ok, message in checks:
@@ -238,7 +254,7 @@ class FitConfig:
 
 @dataclass(frozen=True)
 class FitProgress:
-    """Reported after every optimiser step."""
+    """Reported after every optimiser step (the polish's steps follow the fast engine's)."""
 
     chunk: int
     n_chunks: int
@@ -250,7 +266,8 @@ class FitProgress:
 
 @dataclass
 class FitResult:
-    """Atoms, their rendering at the input's level, and the loss history per chunk."""
+    """Atoms, their rendering at the input's level, and the loss history per chunk (the polish's
+    steps, if any, last: their distance is the rendered audio's)."""
 
     atoms: AtomSet
     reconstruction: np.ndarray
@@ -765,22 +782,14 @@ def _fit_chunk(
 
     if config.engine == "fast":
         engine: FastEngine | ReferenceEngine = FastEngine(
-            target, region, spec, background=previous, room_states=None if room_fit is None else room_fit.states
+            target,
+            region,
+            spec,
+            background=previous,
+            room_states=None if room_fit is None else room_fit.states,
+            perceptual_weight=config.perceptual_weight,
         )
     else:
-        background = None
-        atoms_so_far, floors_so_far = so_far
-        if atoms_so_far or floors_so_far:
-            partial_set = AtomSet(
-                atoms=tuple(atoms_so_far),
-                sample_rate=spec.sample_rate,
-                duration_s=n / spec.sample_rate,
-                envelope=spec.envelope,
-                n_partials=spec.n_partials,
-                floor=tuple(floors_so_far),
-                room=room_so_far[0],
-            )
-            background = torch.tensor(synth.render_atom_set(partial_set), device=device)
         engine = ReferenceEngine(
             target,
             region,
@@ -788,7 +797,8 @@ def _fit_chunk(
             noise_seeds=seeds,
             floor_seeds=None if noise_floor is None else noise_floor.seeds,
             room_seed=None if room_fit is None else room_fit.seed,
-            background_audio=background,
+            background_audio=context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0]),
+            perceptual_weight=config.perceptual_weight,
         )
 
     learned = [shift] + ([] if noise_floor is None else [noise_floor.shift])
@@ -867,13 +877,46 @@ def _fit_chunk(
                     chunk=chunk,
                     n_chunks=n_chunks,
                     step=step,
-                    n_steps=config.n_iters,
+                    n_steps=config.n_iters + config.polish_iters,
                     loss=history[-1],
                     n_active=int(active.sum()),
                 )
             )
+    raw = (raw0 + step_scale * shift).detach()
+    if config.polish_iters > 0 and active.any():
+        background = context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0])
+
+        def polish_engine(noise_seeds: Tensor) -> ReferenceEngine:
+            return ReferenceEngine(
+                target,
+                region,
+                spec,
+                noise_seeds=noise_seeds,
+                floor_seeds=None if noise_floor is None else noise_floor.seeds,
+                room_seed=None if room_fit is None else room_fit.seed,
+                background_audio=background,
+                perceptual_weight=config.perceptual_weight,
+            )
+
+        room = None if room_fit is None else RoomParams(*(v.detach() for v in vars(room_fit.params()).values()))
+        polish = _polish(
+            polish_engine, raw, active, seeds, step_scale, noise_floor, bounds, config, room, t0_s=t0_s, span_s=span_s
+        )
+        for step, distance in polish:
+            history.append(distance)
+            if callback is not None:
+                callback(
+                    FitProgress(
+                        chunk=chunk,
+                        n_chunks=n_chunks,
+                        step=config.n_iters + step,
+                        n_steps=config.n_iters + config.polish_iters,
+                        loss=distance,
+                        n_active=int(active.sum()),
+                    )
+                )
     with torch.no_grad():
-        final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+        final = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         final_floor = floor_levels()
         if room_fit is not None:
             # What the next chunk hears ringing in the room (the reference engine renders it instead).
@@ -883,6 +926,136 @@ def _fit_chunk(
                 room_fit.states = engine.room_states_at(n_carried, final, final_floor, room_fit.params())
     final_seeds = None if noise_floor is None else noise_floor.seeds
     return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, room_fit)
+
+
+def _polish(
+    engine_for: Callable[[Tensor], ReferenceEngine],
+    raw: Tensor,
+    active: Tensor,
+    seeds: Tensor,
+    step_scale: Tensor,
+    noise_floor: _FloorFit | None,
+    bounds: Bounds,
+    config: FitConfig,
+    room: RoomParams | None,
+    *,
+    t0_s: Tensor,
+    span_s: Tensor,
+) -> Iterator[tuple[int, float]]:
+    """Adam on the rendered audio's distance for `config.polish_iters` steps; updates `raw` in place.
+
+    Only the active atoms are rendered, in onset order (`ReferenceEngine` renders each
+    group over its own span), with their noise seeds; the fields in `POLISH_FIXED` stay
+    put (they keep the fast engine's basins: a partial's phase makes the rendered
+    distance ripple along f0 and onset). The objective is the fit's at its last step:
+    the distance plus the sparsity penalty at full weight. A warm-up + cosine schedule
+    peaks at `POLISH_LR` times `config.lr`: the atoms are near a minimum already.
+
+    Args:
+        engine_for: Builds the chunk's reference engine for atoms with these noise seeds,
+            shape (1, atoms).
+        raw: Raw parameters, shape (segments, atoms, fields); the active atoms' are updated.
+        active: Shape (segments, atoms), bool.
+        seeds: The atoms' noise seeds, shape (segments, atoms), on the CPU.
+        step_scale: Step size of each field, shape (fields,) (`FIELD_STEP`).
+        noise_floor: The chunk's noise floor (its levels are polished too), or None.
+        bounds: Physical ranges.
+        config: Fit settings.
+        room: The file's room as the fast steps left it (held), or None.
+        t0_s, span_s: Each segment's onset window, shapes (segments, 1).
+
+    Yields:
+        (step from 1, distance before that step's update).
+    """
+    rows, cols = torch.nonzero(active, as_tuple=True)
+    onsets_s = to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s).time_s[rows, cols]
+    order = torch.argsort(onsets_s)
+    rows, cols = rows[order], cols[order]
+    engine = engine_for(seeds[rows.cpu(), cols.cpu()].unsqueeze(0))
+    base = raw[rows, cols].unsqueeze(0)  # (1, active atoms, fields)
+    atom_t0, atom_span = t0_s[rows].T, span_s[rows].T  # (1, active atoms)
+    moving = step_scale * torch.tensor([name not in POLISH_FIXED for name in FIELDS], device=raw.device)
+    shift = torch.zeros_like(base, requires_grad=True)
+    optimiser = Adam([shift] if noise_floor is None else [shift, noise_floor.shift])
+    gain_range = bounds.gain_db.hi - bounds.gain_db.lo
+    n_segments = active.shape[0]
+    for step in range(1, config.polish_iters + 1):
+        params = to_physical(base + moving * shift, bounds=bounds, t0_s=atom_t0, span_s=atom_span)
+        distance = engine(params, None if noise_floor is None else noise_floor.levels_db(), room)
+        level = (params.gain_db - bounds.gain_db.lo) / gain_range
+        objective = distance + config.sparsity * level.sum() / n_segments
+        optimiser.zero_grad()
+        objective.backward()
+        optimiser.step(POLISH_LR * config.lr * warmup_cosine(step - 1, config.polish_iters))
+        yield step, distance.item()
+    raw[rows, cols] = (base + moving * shift).detach()[0]
+
+
+def context_background(
+    so_far: tuple[list[Atom], list[FloorSegment]],
+    region: Region,
+    spec: ModelSpec,
+    *,
+    n_file: int,
+    device: torch.device,
+    room: Room | None = None,
+) -> Tensor | None:
+    """Earlier chunks' atoms and floors over a region's context (`ReferenceEngine.context_span`).
+
+    Without a room, only what sounds there is rendered (each atom over its support, as
+    `synth.render_atom_set` renders it), so the cost does not grow with what was fitted
+    before. With a room, its tail of everything before rings on: the earlier chunks are
+    rendered whole (`synth.render_atom_set`) and cut to the context.
+
+    Args:
+        so_far: The atoms and floor segments of the chunks before, at the normalised level.
+        region: The chunk.
+        spec: Model settings.
+        n_file: Samples in the file.
+        device: Where the audio goes.
+        room: The file's room as the earlier chunks fitted it, or None.
+
+    Returns:
+        Audio, shape (n_samples + 2 * pad,), float32; None if nothing was fitted before.
+    """
+    atoms, floors = so_far
+    if not atoms and not floors:
+        return None
+    sr = spec.sample_rate
+    first, end = ReferenceEngine.context_span(region, spec)
+    earlier = AtomSet(
+        atoms=tuple(atoms),
+        sample_rate=sr,
+        duration_s=n_file / sr,
+        envelope=spec.envelope,
+        n_partials=spec.n_partials,
+        floor=tuple(floors),
+        room=room,
+    )
+    if room is not None:
+        whole = torch.from_numpy(synth.render_atom_set(earlier))
+        out = torch.zeros(end - first, dtype=torch.float32, device="cpu")
+        lo, hi = max(first, 0), min(end, n_file)
+        out[lo - first : hi - first] = whole[lo:hi]
+        return out.to(device)
+    params, _ = earlier.to_params()
+    reaching = torch.nonzero(((params.time_s + synth.support_s(params)) * sr > first)[0]).flatten().tolist()
+    out = torch.zeros(end - first, dtype=torch.float64, device="cpu")
+
+    def add(lo: int, audio: Tensor) -> None:
+        a, b = max(lo, first), min(lo + audio.numel(), end)
+        if b > a:
+            out[a - first : b - first] += audio[a - lo : b - lo]
+
+    for _, lo, audio in synth.atom_signals(earlier, reaching):
+        add(lo, audio)
+    for segment in floors:
+        lo, hi = floor.support(segment.start_s, segment.end_s, sample_rate=sr, n_samples=n_file)
+        if hi > first and lo < end:
+            level_db = torch.tensor(segment.level_db, dtype=torch.float64, device="cpu")
+            start_s, end_s, seed = segment.start_s, segment.end_s, segment.noise_seed
+            add(*synth.render_floor_segment(level_db, start_s, end_s, seed, sample_rate=sr, n_file=n_file))
+    return out.float().to(device)
 
 
 def residual_restarts(

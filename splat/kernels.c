@@ -164,6 +164,41 @@ double spectral_distance(const void *power, const void *noise, const float *mag,
     return diff_norm / norm + sum_abs / (double)n;
 }
 
+/* One resolution of splat.loss.SpectralTarget.band_distance: returns the sum over frames m and bands j of
+ *     |target_log[m, j] - 0.5 log max(P + c_j N, floor)|,
+ * P and N the sums of power[m, k] and noise[m, k] over the band's bins start[j] <= k < start[j + 1],
+ * and with grad_power non-NULL writes to every bin of the band dL/dP = -0.5 sign(err) scale / max(...)
+ * (0 where P + c_j N <= floor) and dL/dN = c_j dL/dP. Arrays of shape (frames, bins), float32 or
+ * (bf16 != 0) bfloat16; noise may be NULL (N = 0), and so may grad_noise then. */
+double band_distance(const void *power, const void *noise, const int64_t *start, const float *noise_median,
+                     const float *target_log, int64_t frames, int64_t bins, int64_t bands, float floor_power,
+                     float scale, void *grad_power, void *grad_noise, int bf16) {
+    double total = 0.0;
+#pragma omp parallel for reduction(+ : total) schedule(static)
+    for (int64_t m = 0; m < frames; m++) {
+        const int64_t row = m * bins;
+        for (int64_t j = 0; j < bands; j++) {
+            float p = 0.0f, z = 0.0f;
+            for (int64_t k = start[j]; k < start[j + 1]; k++) {
+                p += load(power, row + k, bf16);
+                if (noise) z += load(noise, row + k, bf16);
+            }
+            const float pooled = p + noise_median[j] * z, floored = fmaxf(pooled, floor_power);
+            const float err = target_log[m * bands + j] - 0.5f * logf(floored);
+            total += (double)fabsf(err);
+            if (grad_power) {
+                const float sign = (float)((err > 0.0f) - (err < 0.0f));
+                const float g = pooled > floor_power ? -0.5f * sign * scale / floored : 0.0f;
+                for (int64_t k = start[j]; k < start[j + 1]; k++) {
+                    store(grad_power, row + k, g, bf16);
+                    if (grad_noise) store(grad_noise, row + k, noise_median[j] * g, bf16);
+                }
+            }
+        }
+    }
+    return total;
+}
+
 /* Rows advanced together in a recursion: independent chains the CPU overlaps (one row
  * at a time waits on each multiply-add's latency). */
 #define LANES 16

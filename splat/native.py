@@ -59,6 +59,10 @@ SIGNATURES = {
         ctypes.c_double,
         [_V, _V, _F, _F, ctypes.c_float, _I] + [ctypes.c_float] * 4 + [_F, _F, _V, _V, ctypes.c_int],
     ),
+    "band_distance": (
+        ctypes.c_double,
+        [_V, _V, _II, _F, _F, _I, _I, _I, ctypes.c_float, ctypes.c_float, _V, _V, ctypes.c_int],
+    ),
     "decayed_sum": (None, [_F, _F, _I, _I, _F]),
     "decayed_sum_backward": (None, [_F, _F, _F, _I, _I, _F, _F]),
     "frame_powers": (None, [_F, _I, _I, _I, _FF, _II, _II, _II, _II, _I, _VV, ctypes.c_int, _F]),

@@ -183,6 +183,15 @@ def test_a_version_4_atom_is_read_without_a_formant():
     assert AtomSet.from_dict(doc) == plain
 
 
+def test_a_version_5_file_loads_and_renders_as_before():
+    atom_set = _atom_set()
+    doc = atom_set.to_dict()
+    doc["version"] = 5
+    loaded = AtomSet.from_dict(doc)
+    assert loaded == atom_set
+    np.testing.assert_array_equal(render_atom_set(loaded), render_atom_set(atom_set))
+
+
 @pytest.mark.parametrize("name", ["release_s", "formant_db"])
 def test_a_version_5_atom_must_have_its_release_and_formant(name):
     doc = _atom_set().to_dict()

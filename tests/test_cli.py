@@ -277,6 +277,18 @@ def test_fit_with_the_greedy_loss_writes_both_outputs(clip_wav):
     assert files_in(clip_wav.parent) == {"clip.wav", "clip.atoms.json", "clip.recon.wav"}
 
 
+def test_fit_records_the_polish_and_the_perceptual_weight(clip_wav):
+    result = run("fit", clip_wav, *TINY_FIT, "--polish", "2", "--perceptual", "1.5")
+    assert result.exit_code == 0, result.output
+    config = json.loads((clip_wav.parent / "clip.atoms.json").read_text())["config"]
+    assert (config["polish_iters"], config["perceptual_weight"]) == (2, 1.5)
+
+
+def test_fit_polish_with_the_reference_engine_is_refused_up_front(clip_wav):
+    assert_one_error_line(run("fit", clip_wav, *TINY_FIT, "--polish", "2", "--engine", "reference"), mentions="polish")
+    assert files_in(clip_wav.parent) == {"clip.wav"}
+
+
 def test_fit_bad_option_value_is_a_usage_error(clip_wav):
     result = run("fit", clip_wav, "--atoms", "0")
     assert result.exit_code == 2
@@ -458,6 +470,14 @@ def test_eval_prints_the_report(atoms_json, clip_wav, tmp_path):
     assert "MR-STFT distance" in result.stdout
     assert "log-mel distance (dB)" in result.stdout
     assert any([cell.strip() for cell in line.split("│")[1:3]] == ["atoms", "3"] for line in result.stdout.splitlines())
+    rows = {cells[0]: cells[1] for line in result.stdout.splitlines() if len(cells := _cells(line)) == 2}
+    for name in ("tonal share of residual energy", "missed share of onset strength"):
+        assert 0.0 <= float(rows[name]) <= 1.0, result.stdout
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a table row printed by rich (between its vertical bars)."""
+    return [cell.strip() for cell in line.split("│")[1:-1]]
 
 
 def test_eval_after_fit(fitted, clip_wav):

@@ -16,9 +16,11 @@ from splat.evaluate import (
     evaluate_pair,
     load_ground_truth,
     log_mel_distance_db,
+    missed_onset_share,
     mrstft_distance,
     note_events_from_atoms,
     onset_f_measure,
+    tonal_residual_share,
     transcription_scores,
     visqol_mos,
 )
@@ -237,3 +239,99 @@ def test_missing_eval_extra_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "mir_eval.onset", None)  # makes the import fail
     with pytest.raises(SplatError, match=r"pip install splat\[eval\]"):
         onset_f_measure(np.array([0.1]), np.array([0.1]))
+
+
+# Residual checks.
+
+
+def _missing(residual: np.ndarray) -> float:
+    """Tonal share when the reconstruction lacks exactly `residual` (silence against it)."""
+    return tonal_residual_share(residual, np.zeros_like(residual), SR)
+
+
+@pytest.mark.parametrize("f0_hz", [440.0, 1234.5, 5000.0])
+def test_a_missing_steady_sine_is_all_tonal(f0_hz):
+    t = np.arange(16384) / SR
+    assert _missing(np.sin(2 * np.pi * f0_hz * t)) > 0.98
+
+
+def test_a_missing_gliding_sine_is_tonal():
+    # 300 Hz rising 400 Hz/s: 0.86 bin per frame, so its peak changes bin every other frame.
+    t = np.arange(16384) / SR
+    assert _missing(np.sin(2 * np.pi * (300.0 * t + 200.0 * t * t))) > 0.98
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_missing_white_noise_is_not_tonal(seed):
+    assert _missing(np.random.default_rng(seed).standard_normal(2 * SR)) < 0.005
+
+
+def test_a_sine_missing_from_noise_is_tonal_and_another_noise_draw_is_not(rng):
+    """The original is a sine in noise; the reconstruction another draw of that noise, with or without the sine.
+
+    Without the sine, the deficit is the sine plus the cells where this draw of the noise
+    happens to be weaker: mostly the sine. With it, mostly those noise cells; a little stays
+    at the sine's bins, where it beats with either draw of the noise differently.
+    """
+    t = np.arange(4 * SR) / SR
+    sine = np.sqrt(2.0) * np.sin(2 * np.pi * 1000.0 * t)  # power 1
+    original = sine + rng.standard_normal(t.size)
+    other = rng.standard_normal(t.size)
+    assert tonal_residual_share(original, other, SR) > 0.6
+    assert tonal_residual_share(original, other + sine, SR) < 0.1
+
+
+def test_a_partial_drawn_with_another_phase_leaves_no_tonal_residual():
+    t = np.arange(16384) / SR
+    original = np.sin(2 * np.pi * 440.0 * t) + 0.01 * np.random.default_rng(0).standard_normal(t.size)
+    shifted = np.sin(2 * np.pi * 440.0 * t + 2.0)
+    assert tonal_residual_share(original, shifted, SR) < 0.05
+
+
+def test_short_peaks_and_nothing_missing_are_not_tonal():
+    t = np.arange(2048) / SR  # a 93 ms tone burst: shorter than TONAL_MIN_S once framed
+    burst = np.zeros(16384)
+    burst[8000 : 8000 + t.size] = np.hanning(t.size) * np.sin(2 * np.pi * 1000.0 * t)
+    assert _missing(burst) < 0.05
+    assert tonal_residual_share(burst, burst, SR) == 0.0
+
+
+def _two_hits(n_samples, second=True):
+    """Two identical decaying noise hits, at 0.1 s and 0.5 s (the second left out if not `second`)."""
+    rng = np.random.default_rng(3)
+    x = np.zeros(n_samples)
+    for onset_s in (0.1, 0.5) if second else (0.1,):
+        start = int(onset_s * SR)
+        hit = rng.standard_normal(4000) * np.exp(-np.arange(4000) / 600.0)
+        x[start : start + 4000] += hit
+    return x
+
+
+def test_missed_onset_share_is_0_for_a_perfect_reconstruction_and_1_for_silence():
+    x = _two_hits(SR)
+    assert missed_onset_share(x, x, SR) == 0.0
+    assert missed_onset_share(x, np.zeros_like(x), SR) == 1.0
+    # 6 dB quieter: only what its rises out of the -80 dB floor lose (~6 of their ~80 dB) is missed.
+    assert 0.0 < missed_onset_share(x, 0.5 * x, SR) < 0.1
+
+
+def test_missing_one_of_two_equal_hits_misses_about_half_the_onset_strength():
+    share = missed_onset_share(_two_hits(SR), _two_hits(SR, second=False), SR)
+    assert 0.4 < share < 0.6
+
+
+def test_evaluate_pair_reports_the_residual_checks(noise):
+    report = evaluate_pair(noise, np.zeros_like(noise), SR, with_visqol=False)
+    assert report.tonal_residual_share == tonal_residual_share(noise, np.zeros_like(noise), SR)
+    assert report.missed_onset_share == 1.0
+    names = [name for name, _ in report.rows()]
+    assert "tonal share of residual energy" in names and "missed share of onset strength" in names
+
+
+def test_residual_checks_refuse_bad_input():
+    with pytest.raises(ParameterError, match="original"):
+        tonal_residual_share(np.array([1.0, np.nan]), np.ones(2), SR)
+    with pytest.raises(ParameterError, match="sample_rate"):
+        tonal_residual_share(np.ones(100), np.ones(100), 0)
+    with pytest.raises(ParameterError, match="reconstruction"):
+        missed_onset_share(np.ones(100), np.ones((2, 50)), SR)

@@ -19,14 +19,17 @@ from splat.fitting import (
     START_OVERLAP,
     START_SHAPE,
     FitConfig,
+    FitProgress,
     _export,
     _merged_gains,
     _split_by_gain,
+    context_background,
     duplicate_atoms,
     fit,
     residual_restarts,
     starting_durations,
 )
+from splat.loss import SpectralTarget, region_powers
 from splat.params import FIELDS, AtomParams, Bounds
 from splat.spectral import resolutions_for
 from splat.synth import render_atom_set
@@ -116,8 +119,8 @@ def test_sparsity_keeps_fewer_atoms():
 @pytest.mark.parametrize(
     ("changes", "kernels"),
     [
-        ({"noise_floor": True, "greedy": 0.5, "room": True}, True),
-        ({"noise_floor": True, "greedy": 0.5, "room": True}, False),
+        ({"noise_floor": True, "greedy": 0.5, "room": True, "polish_iters": 2, "perceptual_weight": 0.5}, True),
+        ({"noise_floor": True, "greedy": 0.5, "room": True, "polish_iters": 2, "perceptual_weight": 0.5}, False),
         ({"engine": "reference", "noise_floor": True, "room": True}, True),
     ],
     ids=["fast", "fast-pytorch-only", "reference"],
@@ -130,8 +133,9 @@ def test_the_fit_does_not_depend_on_torchs_default_device_or_dtype(changes, kern
     the first operation mixing it with the fit's CPU tensors fails, as a CPU
     tensor would next to CUDA ones; with the default dtype float64, one made
     without a dtype fails the float32 products, or changes the result. Two chunks,
-    a floor, a room, the greedy loss, reseeds and prunes, and the final render all run,
-    with the native kernels and without them (the code a GPU runs).
+    a floor, a room, the greedy loss, the perceptual term, reseeds and prunes, the
+    polish and the final render all run, with the native kernels and without them (the
+    code a GPU runs).
     """
     if not kernels:
         request.getfixturevalue("pytorch_only")
@@ -197,6 +201,9 @@ def test_bad_audio_is_refused(audio, message):
         ({"segment_s": 30.0, "sample_rate": 192000}, "segments of at most 5.46 s"),
         ({"n_atoms": 4096}, "use at most 2048 atoms, segments of at most 0.74 s, or a lower sample rate"),
         ({"device": "cuda"}, "CUDA"),
+        ({"polish_iters": -1}, "polish_iters"),
+        ({"polish_iters": 5, "engine": "reference"}, "polishes the fast engine's fit"),
+        ({"perceptual_weight": -0.5}, "perceptual_weight"),
     ],
 )
 def test_bad_config_is_refused(changes, message):
@@ -437,3 +444,83 @@ def test_fit_recovers_where_a_note_is_released():
     # engine fits a slower fall than the truth's: see the README's limitations.)
     fall_db = 60.0 * (0.6 - note.time_s - note.duration_s) / note.release_s
     assert fall_db > 20.0, note
+
+
+def _rendered_distance(audio: np.ndarray, reconstruction: np.ndarray, fft_sizes: tuple[int, ...]) -> float:
+    """The loss's multi-resolution STFT distance between two signals (the polish's objective, on the whole file)."""
+    resolutions = resolutions_for(fft_sizes)
+    n_region = audio.size // max(fft_sizes) * max(fft_sizes)
+    target = SpectralTarget(region_powers(torch.tensor(audio), 0, n_region, resolutions))
+    return float(target.distance(region_powers(torch.tensor(reconstruction), 0, n_region, resolutions)))
+
+
+@pytest.fixture(scope="module")
+def polished():
+    """Four notes over two segments, fitted one segment per chunk, without and with the polish."""
+    segment_s = 8192 / SR
+    notes = [_tone(0.05 + 0.17 * i, 200.0 * 1.19**i, -12, i, decay_s=0.9) for i in range(4)]
+    audio = _render(notes, 2 * segment_s)
+    config = FitConfig(n_atoms=4, n_iters=60, segment_s=segment_s, segments_per_chunk=1, **SMALL)
+    plain = fit(audio, SR, config)
+    steps: list[FitProgress] = []
+    result = fit(audio, SR, dataclasses.replace(config, polish_iters=8), callback=steps.append)
+    return audio, config, plain, result, steps
+
+
+def test_the_polish_lowers_the_rendered_distance(polished):
+    audio, config, plain, result, _ = polished
+    before = _rendered_distance(audio, plain.reconstruction, config.fft_sizes)
+    after = _rendered_distance(audio, result.reconstruction, config.fft_sizes)
+    assert after < 0.99 * before, (before, after)
+
+
+def test_the_polish_moves_neither_onsets_nor_pitches_and_writes_valid_json(polished, tmp_path):
+    audio, config, plain, result, _ = polished
+    # The first chunk's fast steps are the same in both fits; the polish then holds time and f0.
+    first = [a for a in plain.atoms.atoms if a.time_s < config.n_segment / SR]
+    again = [a for a in result.atoms.atoms if a.time_s < config.n_segment / SR]
+    assert [(a.time_s, a.f0_hz) for a in again] == [(a.time_s, a.f0_hz) for a in first]
+    assert [a.gain_db for a in again] != [a.gain_db for a in first]
+    path = tmp_path / "polished.atoms.json"
+    result.atoms.save(path)
+    loaded = AtomSet.load(path)
+    assert loaded.config["polish_iters"] == 8
+    np.testing.assert_array_equal(render_atom_set(loaded), result.reconstruction)
+
+
+def test_the_polish_steps_are_reported_after_the_fast_ones(polished):
+    _, config, _, result, steps = polished
+    n_steps = config.n_iters + 8
+    assert all(s.n_steps == n_steps for s in steps)
+    assert [s.step for s in steps if s.chunk == 1] == list(range(1, n_steps + 1))
+    assert [len(h) for h in result.losses] == [n_steps, n_steps]
+    # The last 8 entries are the rendered distance: they fall as the polish goes.
+    assert result.losses[0][-1] < result.losses[0][config.n_iters]
+
+
+def test_context_background_renders_the_earlier_atoms_and_floors_over_the_context():
+    n = 3 * 4096
+    floors = [FloorSegment(0.0, 4096 / SR, tuple([-50.0] * floor.N_BANDS), noise_seed=5)]
+    earlier = AtomSet(
+        atoms=(_tone(0.02, 220.0, -10, 1, decay_s=2.0), _tone(0.12, 330.0, -8, 2, decay_s=0.05)),
+        sample_rate=SR,
+        duration_s=n / SR,
+        n_partials=24,
+        floor=tuple(floors),
+    )
+    spec = ModelSpec(SR, "gamma", 24, resolutions_for((1024, 512)), 32)
+    region = Region(start=4096, n_samples=4096, segment_starts=(4096,), n_segment=4096)
+    audio = context_background((list(earlier.atoms), floors), region, spec, n_file=n, device=torch.device("cpu"))
+    whole = render_atom_set(earlier)
+    first, end = 4096 - 512, 8192 + 512
+    np.testing.assert_allclose(audio.numpy(), whole[first:end], atol=1e-6)
+    assert context_background(([], []), region, spec, n_file=n, device=torch.device("cpu")) is None
+
+
+def test_the_polish_also_fits_the_noise_floor():
+    audio = _render([_tone(0.05, 300.0, -10, 7)], 0.4) + 0.003 * np.random.default_rng(0).standard_normal(8820)
+    config = FitConfig(n_atoms=3, n_iters=20, noise_floor=True, **SMALL)
+    plain, polished = (fit(audio, SR, dataclasses.replace(config, polish_iters=n)) for n in (0, 3))
+    assert [a.time_s for a in polished.atoms.atoms] == [a.time_s for a in plain.atoms.atoms]
+    assert polished.atoms.floor[0].level_db != plain.atoms.floor[0].level_db
+    np.testing.assert_array_equal(render_atom_set(polished.atoms), polished.reconstruction)

@@ -190,6 +190,51 @@ def test_spectral_distance_matches_pytorch(monkeypatch, rng, with_noise):
     assert grads[0][0, :10].abs().max() == 0.0
 
 
+@pytest.mark.parametrize("with_noise", [False, True])
+def test_band_distance_matches_pytorch(monkeypatch, rng, with_noise):
+    """The perceptual term (`SpectralTarget.band_distance`): native kernel against autograd on PyTorch."""
+    shapes = [(16, 513), (32, 257)]
+    target = loss.SpectralTarget(
+        [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes], sample_rate=SR
+    )
+    powers = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes]
+    noises = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes]
+    powers[0][0] = noises[0][0] = 0.0  # a silent frame: below the power floor, no gradient there
+
+    def run():
+        leaves = [p.clone().requires_grad_(True) for p in powers + noises]
+        value = target.band_distance(leaves[:2], leaves[2:] if with_noise else None)
+        (3.0 * value).backward()  # an incoming gradient other than 1
+        return value.detach(), [leaf.grad for leaf in leaves[: 4 if with_noise else 2]]
+
+    (value, grads), (ref_value, ref_grads) = _both(monkeypatch, run)
+    assert value.item() == pytest.approx(ref_value.item(), rel=1e-6)
+    for a, b in zip(grads, ref_grads, strict=True):
+        _assert_close(a, b)
+    assert grads[0][0].abs().max() == 0.0 and grads[0][1].abs().max() > 0.0
+
+
+def test_the_band_distance_of_bfloat16_powers_is_that_of_their_float32_values(rng):
+    """As for the per-bin distance: bfloat16 powers read as they are, their gradients rounded to bfloat16."""
+    shapes = [(16, 513), (32, 257)]
+    target = loss.SpectralTarget(
+        [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32) for s in shapes], sample_rate=SR
+    )
+    halves = [torch.tensor(rng.uniform(0, 1, s) ** 4, dtype=torch.float32).bfloat16() for s in 2 * shapes]
+
+    def run(dtype):
+        leaves = [h.to(dtype).clone().requires_grad_(True) for h in halves]
+        value = target.band_distance(leaves[:2], leaves[2:])
+        value.backward()
+        return value.item(), [leaf.grad for leaf in leaves]
+
+    value, grads = run(torch.bfloat16)
+    single_value, single_grads = run(torch.float32)
+    assert value == pytest.approx(single_value, rel=1e-6)
+    for half, single in zip(grads, single_grads, strict=True):
+        assert half.dtype == torch.bfloat16 and torch.equal(half, single.bfloat16())
+
+
 def test_the_distance_of_bfloat16_powers_is_that_of_their_float32_values(rng):
     """The loss kernel reads the bfloat16 products as they are and writes their gradients rounded:
     the same value as for those powers in float32, and the float32 gradients rounded to bfloat16."""
