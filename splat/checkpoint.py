@@ -47,6 +47,8 @@ class FitState:
             shape (1, atoms), float32.
         tail_floor_db: That segment's noise-floor band levels in dB, shape (1, bands), or None.
         tail_start: That segment's first sample.
+        tail_modes: That segment's atoms' partial series (indices into `splat.modes.MODES`),
+            shape (1, atoms), int64; None: all strings.
     """
 
     n_done: int
@@ -58,6 +60,7 @@ class FitState:
     tail: AtomParams
     tail_floor_db: Tensor | None
     tail_start: int
+    tail_modes: Tensor | None = None
 
     def background(self, device: torch.device) -> tuple[AtomParams, Tensor | None, Tensor]:
         """The tail as the fit's next chunk takes it: (atoms, floor levels, segment starts of shape (1,))."""
@@ -78,6 +81,7 @@ class FitState:
             "tail": {name: value.detach().cpu().tolist() for name, value in vars(self.tail).items()},
             "tail_floor_db": None if self.tail_floor_db is None else self.tail_floor_db.detach().cpu().tolist(),
             "tail_start": self.tail_start,
+            "tail_modes": None if self.tail_modes is None else self.tail_modes.cpu().tolist(),
         }
 
     @classmethod
@@ -89,6 +93,7 @@ class FitState:
         """
         try:
             floor_db = doc["tail_floor_db"]
+            tail_modes = doc.get("tail_modes")
             state = cls(
                 n_done=int(doc["n_done"]),
                 n_chunks=int(doc["n_chunks"]),
@@ -101,6 +106,7 @@ class FitState:
                 ),
                 tail_floor_db=None if floor_db is None else torch.tensor(floor_db, dtype=torch.float32),
                 tail_start=int(doc["tail_start"]),
+                tail_modes=None if tail_modes is None else torch.tensor(tail_modes, dtype=torch.int64),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"the checkpoint is incomplete or malformed ({type(exc).__name__}: {exc})") from exc

@@ -8,8 +8,9 @@
 An engine is built once per chunk of segments (a *region* of the file, which
 may begin with the tails of atoms fitted earlier: the *background*) and maps
 `AtomParams` of shape (segments, atoms), plus optionally each segment's
-noise-floor levels (shape (segments, bands), see `splat.floor`), to the
-scalar distance.
+noise-floor levels (shape (segments, bands), see `splat.floor`) and each atom's
+partial series (`modes`, indices into `splat.modes.MODES` of shape (segments,
+atoms); None: all strings), to the scalar distance.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ class FastEngine:
         spec: ModelSpec,
         *,
         background: tuple[AtomParams, Tensor | None, Tensor] | None = None,
+        background_modes: Tensor | None = None,
     ) -> None:
         """Prepare everything that does not depend on the parameters.
 
@@ -82,6 +84,7 @@ class FastEngine:
                 atoms (params of shape (segments, atoms)), floor levels (shape
                 (segments, bands), or None) and starts in samples (shape (segments,));
                 or None.
+            background_modes: The background atoms' series, shape (segments, atoms), or None (strings).
         """
         device = target.device
         self.spec = spec
@@ -104,7 +107,8 @@ class FastEngine:
             with torch.no_grad():
                 params, floor_db, bg_starts = background
                 window_start_s = (bg_starts.float() / spec.sample_rate).unsqueeze(-1)
-                powers = self._powers(params, floor_db, window_start_s, self._floor_frames(bg_starts))
+                floor_at = self._floor_frames(bg_starts)
+                powers = self._powers(params, floor_db, window_start_s, floor_at, background_modes)
                 self.background = self._place_all(powers, [self._indices(bg_starts, res) for res in spec.resolutions])
 
     def _indices(self, starts: Tensor, res: spectral.Resolution) -> tuple[Tensor, Tensor]:
@@ -131,7 +135,12 @@ class FastEngine:
         return spectral.floor_frames(spans, (starts.float() / self.spec.sample_rate).unsqueeze(-1), self.plan)
 
     def _powers(
-        self, params: AtomParams, floor_db: Tensor | None, window_start_s: Tensor, floor_at: list[Tensor]
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        window_start_s: Tensor,
+        floor_at: list[Tensor],
+        modes: Tensor | None,
     ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
@@ -141,16 +150,22 @@ class FastEngine:
             n_partials=self.spec.n_partials,
             floor_db=floor_db,
             floor_at=floor_at,
+            modes=modes,
         )
 
     def split_powers(
-        self, params: AtomParams, floor_db: Tensor | None = None, *, background: bool = True
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        *,
+        background: bool = True,
+        modes: Tensor | None = None,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
         With `background=False`, only these atoms and floors (without earlier segments' tails).
         """
-        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
+        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, modes)
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
             return [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
@@ -159,27 +174,37 @@ class FastEngine:
             return placed
         return [p + b for p, b in zip(placed, self.background, strict=True)]
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, *, modes: Tensor | None = None
+    ) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
-        return [p.total.float() for p in self.split_powers(params, floor_db)]
+        return [p.total.float() for p in self.split_powers(params, floor_db, modes=modes)]
 
     def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
         return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, *, modes: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
-        return self._distance(self.split_powers(params, floor_db))
+        return self._distance(self.split_powers(params, floor_db, modes=modes))
 
     def lead_distances(
-        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None
+        self,
+        lead: AtomParams,
+        rest: AtomParams,
+        floor_db: Tensor | None = None,
+        *,
+        modes: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Distances of all atoms and of the `lead` atoms alone (with the floor and background), as scalars.
 
         The spectrogram is linear in the atoms, so the full model is the lead
         atoms' spectrogram plus the rest's: both distances for about the price of one.
+        `modes` holds the lead's and the rest's series (None: all strings).
         """
-        lead_region = self.split_powers(lead, floor_db)
-        all_region = [a + r for a, r in zip(lead_region, self.split_powers(rest, background=False), strict=True)]
+        lead_modes, rest_modes = (None, None) if modes is None else modes
+        lead_region = self.split_powers(lead, floor_db, modes=lead_modes)
+        rest_region = self.split_powers(rest, background=False, modes=rest_modes)
+        all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
 
 
@@ -228,7 +253,7 @@ class ReferenceEngine:
             self.background = bg
         self.atoms_per_group = atoms_per_group
 
-    def _render_group(self, white: Tensor, *fields: Tensor) -> Tensor:
+    def _render_group(self, white: Tensor, modes: Tensor | None, *fields: Tensor) -> Tensor:
         params = AtomParams(*fields)
         audio = synth.render_atoms(
             params,
@@ -238,18 +263,21 @@ class ReferenceEngine:
             start=self.first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
+            modes=modes,
         )
         return audio.sum(dim=(0, 1))
 
-    def render(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def render(self, params: AtomParams, floor_db: Tensor | None = None, *, modes: Tensor | None = None) -> Tensor:
         """The region's audio with context: shape (n_samples + 2 * pad,)."""
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
+        flat_modes = None if modes is None else modes.reshape(1, -1)
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
         n = flat.time_s.shape[1]
         for lo in range(0, n, self.atoms_per_group):
             group = flat.select(slice(lo, lo + self.atoms_per_group))
             white = self.white[:, lo : lo + self.atoms_per_group]
-            mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
+            group_modes = None if flat_modes is None else flat_modes[:, lo : lo + self.atoms_per_group]
+            mix = mix + checkpoint(self._render_group, white, group_modes, *vars(group).values(), use_reentrant=False)
         if floor_db is not None:
             for j, (start_s, end_s, seed) in enumerate(self.floors):
                 lo, audio = synth.render_floor_segment(
@@ -264,11 +292,13 @@ class ReferenceEngine:
             mix = mix + self.background
         return mix
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, *, modes: Tensor | None = None
+    ) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        audio = self.render(params, floor_db)
+        audio = self.render(params, floor_db, modes=modes)
         return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, *, modes: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db))
+        return self.target.distance(self.model_powers(params, floor_db, modes=modes))

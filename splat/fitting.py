@@ -34,6 +34,7 @@ from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
+from splat.modes import MODES, STRING
 from splat.optim import Adam, warmup_cosine
 from splat.params import (
     FIELDS,
@@ -335,12 +336,14 @@ def fit(
     floors: list[FloorSegment] = []
     losses: list[list[float]] = []
     previous: tuple[AtomParams, Tensor | None, Tensor] | None = None
+    previous_modes: Tensor | None = None
     if resume is not None:
         if resume.n_chunks != len(chunks):
             raise ParameterError(f"cannot resume: the state has {resume.n_chunks} chunks, this fit {len(chunks)}")
         rng.bit_generator.state = resume.rng_state
         atoms, floors, losses = list(resume.atoms), list(resume.floors), [list(h) for h in resume.losses]
         previous = resume.background(device)
+        previous_modes = None if resume.tail_modes is None else resume.tail_modes.to(device)
     for c, segments in enumerate(chunks):
         if resume is not None and c < resume.n_done:
             continue
@@ -353,6 +356,7 @@ def fit(
             config,
             rng,
             previous,
+            previous_modes,
             (atoms, floors),
             proposals,
             chunk=c,
@@ -360,12 +364,13 @@ def fit(
             callback=callback,
         )
         losses.append(chunk.history)
-        atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate))
+        atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate, modes=chunk.modes))
         floors.extend(_export_floor(chunk, region, n, sample_rate))
         # Only the last segment's window (two segments long) reaches into the next chunk.
         last_segment = AtomParams(**{k: v[-1:] for k, v in vars(chunk.params).items()})
         last_floor = None if chunk.floor_db is None else chunk.floor_db[-1:]
         previous = (last_segment, last_floor, torch.tensor(region.segment_starts[-1:], device=device))
+        previous_modes = chunk.modes[-1:]
         if checkpoint is not None and c < len(chunks) - 1:
             checkpoint(
                 FitState(
@@ -378,6 +383,7 @@ def fit(
                     tail=last_segment,
                     tail_floor_db=last_floor,
                     tail_start=region.segment_starts[-1],
+                    tail_modes=previous_modes,
                 )
             )
 
@@ -422,12 +428,14 @@ class StartingAtoms:
         noise_seeds: The atoms' noise seeds, shape (segments, atoms).
         onsets_s: Onsets the init found, in seconds from the region's start, shape (onsets,).
         placed: Atoms the init put on an event (the others start quiet, anywhere), shape (segments, atoms).
+        modes: The atoms' partial series, indices into `MODES`, shape (segments, atoms).
     """
 
     values: dict[str, np.ndarray]
     noise_seeds: np.ndarray
     onsets_s: np.ndarray
     placed: np.ndarray
+    modes: np.ndarray
 
 
 def initial_params(
@@ -506,7 +514,7 @@ def initial_params(
         starting_durations(values["time_s"], lo / sample_rate + onsets_s),
     )
     noise_seeds = rng.integers(0, 2**62, size=shape)
-    return StartingAtoms(values, noise_seeds, onsets_s, placed)
+    return StartingAtoms(values, noise_seeds, onsets_s, placed, np.full(shape, STRING))
 
 
 def _place_proposals(
@@ -587,6 +595,7 @@ class _ChunkFit:
         floor_db: Noise-floor band levels, shape (segments, bands), or None (no floor).
         floor_seeds: The floors' noise seeds, shape (segments,), or None.
         history: The distance after every step.
+        modes: The atoms' partial series, indices into `MODES`, shape (segments, atoms).
     """
 
     params: AtomParams
@@ -594,6 +603,7 @@ class _ChunkFit:
     floor_db: Tensor | None
     floor_seeds: Tensor | None
     history: list[float]
+    modes: Tensor
 
 
 @dataclass
@@ -635,6 +645,7 @@ def _fit_chunk(
     config: FitConfig,
     rng: np.random.Generator,
     previous: tuple[AtomParams, Tensor | None, Tensor] | None,
+    previous_modes: Tensor | None,
     so_far: tuple[list[Atom], list[FloorSegment]],
     proposals: Proposals | None,
     *,
@@ -668,13 +679,16 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
+    modes = torch.tensor(starting.modes, dtype=torch.int64, device=device)
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:
         return None if noise_floor is None else noise_floor.levels_db()
 
     if config.engine == "fast":
-        engine: FastEngine | ReferenceEngine = FastEngine(target, region, spec, background=previous)
+        engine: FastEngine | ReferenceEngine = FastEngine(
+            target, region, spec, background=previous, background_modes=previous_modes
+        )
     else:
         background = None
         atoms_so_far, floors_so_far = so_far
@@ -710,11 +724,11 @@ def _fit_chunk(
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
-            lead, rest = _split_by_gain(params)
-            distance, lead_distance = engine.lead_distances(lead, rest, floor_db)
+            lead, rest, lead_modes, rest_modes = _split_by_gain(params, modes)
+            distance, lead_distance = engine.lead_distances(lead, rest, floor_db, modes=(lead_modes, rest_modes))
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params, floor_db)
+            distance = fit_term = engine(params, floor_db, modes=modes)
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
@@ -729,7 +743,7 @@ def _fit_chunk(
             with torch.no_grad():
                 raw = raw0 + step_scale * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current, floor_levels())
+                model_powers = engine.model_powers(current, floor_levels(), modes=modes)
                 restart = residual_restarts(
                     current,
                     active,
@@ -745,6 +759,7 @@ def _fit_chunk(
                     replaced, new_raw = restart
                     new_raw = to_raw(new_raw, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     raw0 = torch.where(replaced.unsqueeze(-1), new_raw, raw0)
+                    modes.masked_fill_(replaced, STRING)  # a restart is a hidden note: a string
                     shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
                     optimiser.forget(0, replaced.unsqueeze(-1))
         if step in prune_steps:
@@ -763,6 +778,7 @@ def _fit_chunk(
                 # the remaining steps cost in proportion to the atoms still active.
                 keep = _active_first(active)
                 raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
+                modes = _take(modes, keep)
                 shift = _take(shift.detach(), keep).requires_grad_(True)
                 moments = optimiser.moments[0]
                 optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
@@ -781,7 +797,7 @@ def _fit_chunk(
         final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         final_floor = floor_levels()
     final_seeds = None if noise_floor is None else noise_floor.seeds
-    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history)
+    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, modes)
 
 
 def residual_restarts(
@@ -924,12 +940,18 @@ def _merged_gains(gain_db: Tensor, flagged: Tensor, partner: Tensor) -> Tensor:
     return merged.reshape(gain_db.shape)
 
 
-def _split_by_gain(params: AtomParams) -> tuple[AtomParams, AtomParams]:
-    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2))."""
+def _split_by_gain(params: AtomParams, modes: Tensor) -> tuple[AtomParams, AtomParams, Tensor, Tensor]:
+    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2)).
+
+    Returns:
+        The lead and the rest, then their series (`modes`, shape (segments, atoms), split alike).
+    """
     order = torch.argsort(params.gain_db.detach(), dim=1, descending=True)
     ranked = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    ranked_modes = torch.gather(modes, 1, order)
     n_lead = (params.time_s.shape[1] + 1) // 2
-    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
+    lead_modes, rest_modes = ranked_modes[:, :n_lead], ranked_modes[:, n_lead:]
+    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None)), lead_modes, rest_modes
 
 
 def _active_first(active: Tensor) -> Tensor:
@@ -955,8 +977,13 @@ def _masked(params: AtomParams, active: Tensor) -> AtomParams:
     return replace(params, gain_db=torch.where(active, params.gain_db, torch.full_like(params.gain_db, MUTED_DB)))
 
 
-def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: float) -> list[Atom]:
-    """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges."""
+def _export(
+    params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: float, modes: Tensor | None = None
+) -> list[Atom]:
+    """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges.
+
+    `modes` holds their partial series (indices into `MODES`, shape (segments, atoms)); None: strings.
+    """
     values = params.stack().detach().double().cpu().numpy()
     out = []
     for s, a in zip(*np.nonzero(seeds.numpy() >= 0), strict=True):
@@ -964,7 +991,8 @@ def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: fl
         for i, name in enumerate(FIELDS):
             lo, hi = (0.0, duration_s) if name == "time_s" else (bounds.range_of(name).lo, bounds.range_of(name).hi)
             record[name] = float(np.clip(values[s, a, i], lo, hi))
-        out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a])))
+        series = MODES[STRING if modes is None else int(modes[s, a])]
+        out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a]), modes=series))
     return out
 
 

@@ -74,10 +74,13 @@ SIGNATURES = {
         [_VV, _F, _F, _I, _F, _II, _I, ctypes.c_float, ctypes.c_float, _F, _F, ctypes.c_int],
     ),
     "max_threads": (_I, []),
-    "resonance_spectra": (None, [_F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I]),
+    "resonance_spectra": (
+        None,
+        [_F, _I, _I, _I, ctypes.c_float, _F, _II, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I],
+    ),
     "resonance_spectra_backward": (
         None,
-        [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F, ctypes.c_int],
+        [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _F, _II, _I, _I, _F, ctypes.c_int],
     ),
 }
 
@@ -187,6 +190,14 @@ def ptr(t: Tensor | None) -> ctypes.Array | None:
         return None
     assert t.is_contiguous() and t.dtype == torch.float32, (t.shape, t.stride(), t.dtype)
     return ctypes.cast(t.data_ptr(), _F)
+
+
+def int64_ptr(t: Tensor | None) -> ctypes.Array | None:
+    """A contiguous int64 tensor's data as a C pointer (None for None)."""
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype == torch.int64, (t.shape, t.stride(), t.dtype)
+    return ctypes.cast(t.data_ptr(), _II)
 
 
 def data(t: Tensor | None) -> int | None:
