@@ -141,6 +141,8 @@ class FastEngine:
         window_start_s: Tensor,
         floor_at: list[Tensor],
         modes: Tensor | None,
+        *,
+        bfloat16: bool = True,
     ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
@@ -151,6 +153,7 @@ class FastEngine:
             floor_db=floor_db,
             floor_at=floor_at,
             modes=modes,
+            bfloat16=bfloat16,
         )
 
     def split_powers(
@@ -160,12 +163,14 @@ class FastEngine:
         *,
         background: bool = True,
         modes: Tensor | None = None,
+        bfloat16: bool = True,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
-        With `background=False`, only these atoms and floors (without earlier segments' tails).
+        With `background=False`, only these atoms and floors (without earlier segments' tails);
+        `bfloat16` as `spectral.expected_power` takes it.
         """
-        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, modes)
+        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, modes, bfloat16=bfloat16)
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
             return [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
@@ -206,6 +211,100 @@ class FastEngine:
         rest_region = self.split_powers(rest, background=False, modes=rest_modes)
         all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
+
+    def replacement_distances(
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        modes: Tensor | None,
+        *,
+        segments: Tensor,
+        atoms: AtomParams,
+        signs: Tensor,
+        atom_modes: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The distance now, and after each of many candidate changes made alone.
+
+        Candidate c adds to segment `segments[c]` the atoms `atoms[c]`, each times its
+        sign: -1 takes out an atom of `params` (as it is there), +1 puts a new one in, 0
+        leaves it out. The spectrogram is linear in the atoms and each atom's is
+        separable (frame powers times spectra, `splat.spectral`), so a candidate changes
+        its segment's window by a few outer products, and the distance's two sums
+        (`loss.error_sums`) change there alone: `loss.changed_error_sums` forms each
+        candidate's sums in the window without forming its spectrogram. Both values come
+        from the same sums, so they compare exactly; the current powers and the changes
+        are float32 (a difference of spectrograms in bfloat16 would swamp a quiet
+        remainder with a loud atom's rounding).
+
+        Args:
+            params, floor_db, modes: The current atoms (shape (segments, atoms)), floor levels
+                and series, as `__call__` takes them.
+            segments: Each candidate's segment index, shape (candidates,).
+            atoms: Each candidate's atoms, shape (candidates, k).
+            signs: Their signs (-1, 0 or +1), shape (candidates, k).
+            atom_modes: Their series, shape (candidates, k).
+
+        Returns:
+            The current distance (scalar) and each candidate's, shape (candidates,), float64.
+        """
+        current = [p.map(lambda t: t.float()) for p in self.split_powers(params, floor_db, modes=modes, bfloat16=False)]
+        totals = [torch.stack(loss.error_sums(p.tonal, p.noise, y, log_y)) for p, y, log_y in self._targets(current)]
+        distances = torch.zeros(segments.numel(), dtype=torch.float64, device=segments.device)
+        for segment in segments.unique().tolist():
+            chosen = torch.nonzero(segments == segment).flatten()
+            part = AtomParams(**{name: value[chosen] for name, value in vars(atoms).items()})
+            factors = self._change_factors(segment, part, signs[chosen], atom_modes[chosen])
+            sums = []
+            for i, ((now, y, log_y), total) in enumerate(zip(self._targets(current), totals, strict=True)):
+                lo, hi, window = self._window_frames(segment, i)
+                (frames_t, spectra_t), (frames_n, spectra_n) = factors[i]
+                changes = ((frames_t[:, window], spectra_t), (frames_n[:, window], spectra_n))
+                here = (now.tonal[lo:hi], now.noise[lo:hi], y[lo:hi], log_y[lo:hi])
+                unchanged = tuple((f[:1, :, :0], s[:1, :0]) for f, s in changes)  # rank 0: the window as it is
+                was, will = (loss.changed_error_sums(*here, *c) for c in (unchanged, changes))
+                sums.append(total - was + will)  # (candidates, 2)
+            distances[chosen] = self._combine(sums)
+        return self._combine(totals), distances
+
+    def _targets(self, powers: list[spectral.SplitPower]) -> list[tuple[spectral.SplitPower, Tensor, Tensor]]:
+        return list(zip(powers, self.target.magnitudes, self.target.logs, strict=True))
+
+    def _combine(self, sums: list[Tensor]) -> Tensor:
+        """The distance from each resolution's two error sums (last axis; mean over resolutions, as `loss`)."""
+        parts = [
+            torch.sqrt(s[..., 0]) / norm + s[..., 1] / y.numel()
+            for s, norm, y in zip(sums, self.target.norm_values, self.target.magnitudes, strict=True)
+        ]
+        return torch.stack(parts).mean(0)
+
+    def _window_frames(self, segment: int, i: int) -> tuple[int, int, slice]:
+        """Resolution i's region frames [lo, hi) that a segment's window covers, and where they sit in the window."""
+        hop = self.spec.resolutions[i].hop
+        first = (self.region.segment_starts[segment] - self.region.start) // hop
+        lo, hi = max(first, 0), min(first + self.grid.n_window // hop, self.region.n_samples // hop)
+        return lo, hi, slice(lo - first, hi - first)
+
+    def _change_factors(
+        self, segment: int, atoms: AtomParams, signs: Tensor, atom_modes: Tensor
+    ) -> list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]:
+        """Per resolution, ((F, S) of the partials, (F, S) of the noise) of signed atoms in a segment's window.
+
+        F holds the atoms' frame powers times their signs, shape (candidates, window frames,
+        parts): the resonances' bodies and short parts for the partials, the bursts for the
+        noise; S their spectra, shape (candidates, parts, bins).
+        """
+        n, k = signs.shape
+        plan = self.plan
+        start_s = self.window_start_s[segment : segment + 1].expand(n, 1)
+        sr, envelope = self.spec.sample_rate, self.spec.envelope
+        powers = spectral.branch_powers(atoms, plan.cell_s, start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
+        signed = signs.to(powers.dtype).repeat(1, 3).unsqueeze(1)  # (candidates, 1, 3k): noise, bodies, shorts
+        frames = [f.float() * signed for f in plan.frame_powers(powers)]
+        noise = spectral.noise_spectra(atoms, plan)
+        tonal = spectral.resonance_spectra(atoms, plan, n_partials=self.spec.n_partials, modes=atom_modes)
+        return [
+            ((f[..., k:], t.float()), (f[..., :k], z.float())) for f, t, z in zip(frames, tonal, noise, strict=True)
+        ]
 
 
 class ReferenceEngine:

@@ -93,6 +93,17 @@ LAST_START_DURATION_S = 2.0
 RESEED_AT = (0.2, 0.4)
 #: Atoms whose onsets are closer than this (s) count as starting together.
 _SAME_ONSET_S = 0.05
+#: Fractions of the iterations after which the events' partial series are chosen (`choose_series`; fast
+#: engine only): every event-level atom tries each other series, and one that starts with a louder atom is
+#: tried folded into it as a membrane or a bar (one drum hit that several harmonic atoms each held in part).
+SERIES_AT = (0.4, 0.5, 0.75, 1.0)
+#: Series an atom may take when it absorbs another that starts with it: inharmonic modes. Never a
+#: string, so the notes of a chord stay apart.
+STRIKE_MODES = ("membrane", "bar")
+#: Within one round of `choose_series`, changes whose atoms all start this far apart (s) are made together.
+_INDEPENDENT_S = 0.1
+#: Most rounds of `choose_series` at one point of the fit.
+_SERIES_ROUNDS = 4
 #: Intervals (semitones) of partials 3-8 above a fundamental: where a note can hide.
 _HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
 #: Two atoms of the same pitch (within `DUPLICATE_CENTS`) that start less than this
@@ -137,6 +148,9 @@ class FitConfig:
             `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
             "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
             returns the atoms the init placed, unchanged.
+        modes: Partial series (`splat.modes.MODES`) the fit may give an atom. Atoms start as strings;
+            with others allowed, the fit tries them on every event at `SERIES_AT` (fast engine only).
+            ("string",) keeps every atom harmonic.
     """
 
     n_atoms: int = 64
@@ -157,6 +171,7 @@ class FitConfig:
     greedy: float = 0.0
     noise_floor: bool = False
     init: str = "analysis"
+    modes: tuple[str, ...] = MODES
 
     def validate(self) -> None:
         """Raises:
@@ -166,6 +181,10 @@ class FitConfig:
             (self.n_atoms >= 1, f"n_atoms={self.n_atoms} must be at least 1"),
             (self.n_iters >= 0, f"n_iters={self.n_iters} must be at least 0"),
             (self.init in INITS, f"init={self.init!r} must be one of {', '.join(INITS)}"),
+            (
+                not isinstance(self.modes, str) and "string" in self.modes and set(self.modes) <= set(MODES),
+                f"modes={self.modes!r} must be a tuple of some of {', '.join(MODES)}, string among them",
+            ),
             (0 < self.lr <= 1, f"lr={self.lr} must be in (0, 1]"),
             (self.engine in ENGINES, f"engine={self.engine!r} must be one of {', '.join(ENGINES)}"),
             (self.envelope in ENVELOPES, f"envelope={self.envelope!r} must be one of {', '.join(ENVELOPES)}"),
@@ -718,6 +737,8 @@ def _fit_chunk(
         active = torch.from_numpy(starting.placed).to(device)
     prune_steps = {max(1, round(f * config.n_iters)) for f in PRUNE_AT}
     reseed_steps = {max(1, round(f * config.n_iters)) for f in RESEED_AT}
+    allowed = tuple(MODES.index(name) for name in config.modes)
+    series_steps = {max(1, round(f * config.n_iters)) for f in SERIES_AT} if len(allowed) > 1 else set()
     history: list[float] = []
     for step in range(1, config.n_iters + 1):
         raw = raw0 + step_scale * shift
@@ -729,8 +750,7 @@ def _fit_chunk(
             fit_term = distance + config.greedy * lead_distance
         else:
             distance = fit_term = engine(params, floor_db, modes=modes)
-        # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
-        weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
+        weight = _sparsity_weight(step, config)
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
         # a steady downward pull that only atoms the loss needs can resist.
         level = (params.gain_db - bounds.gain_db.lo) / (bounds.gain_db.hi - bounds.gain_db.lo)
@@ -782,6 +802,16 @@ def _fit_chunk(
                 shift = _take(shift.detach(), keep).requires_grad_(True)
                 moments = optimiser.moments[0]
                 optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
+        if step in series_steps and isinstance(engine, FastEngine):
+            with torch.no_grad():
+                current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                per_level = _sparsity_weight(step, config) / active.shape[0]
+                choice = choose_series(engine, current, floor_levels(), modes, active, allowed, per_level, bounds)
+                modes, active = choice.modes, choice.active
+                if choice.absorbed.any():
+                    merged = to_raw(replace(current, gain_db=choice.gain_db), bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    changed = (choice.gain_db != current.gain_db).unsqueeze(-1)
+                    raw0 = torch.where(changed, merged - step_scale * shift.detach(), raw0)
         if callback is not None:
             callback(
                 FitProgress(
@@ -798,6 +828,186 @@ def _fit_chunk(
         final_floor = floor_levels()
     final_seeds = None if noise_floor is None else noise_floor.seeds
     return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, modes)
+
+
+def _sparsity_weight(step: int, config: FitConfig) -> float:
+    """Weight of the gain penalty at a step: off for the first 20 % of steps, then ramped to full by 70 %."""
+    return config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
+
+
+@dataclass(frozen=True)
+class SeriesChoice:
+    """Atoms after `choose_series`, shapes (segments, atoms).
+
+    Attributes:
+        gain_db: Gains; an atom that absorbed others has their power added.
+        modes: Series, indices into `MODES`.
+        active: Atoms still sounding (the absorbed ones are not).
+        absorbed: Atoms absorbed by another.
+    """
+
+    gain_db: Tensor
+    modes: Tensor
+    active: Tensor
+    absorbed: Tensor
+
+
+@dataclass(frozen=True)
+class _Change:
+    """A candidate step of `choose_series`: in one segment, atom `atoms[0]` takes series `mode`
+    and absorbs atom `atoms[1]` (none if both are the same atom)."""
+
+    segment: int
+    atoms: tuple[int, int]
+    mode: int
+
+    @property
+    def absorbs(self) -> bool:
+        return self.atoms[0] != self.atoms[1]
+
+
+def choose_series(
+    engine: FastEngine,
+    params: AtomParams,
+    floor_db: Tensor | None,
+    modes: Tensor,
+    active: Tensor,
+    allowed: tuple[int, ...],
+    per_level: float,
+    bounds: Bounds,
+) -> SeriesChoice:
+    """Discrete steps on the series of the events: each atom's, and whether simultaneous atoms are one strike.
+
+    The series is not differentiable, so it is chosen by trying. The candidates are,
+    for every event-level active atom (within `EVENT_WITHIN_DB` of the loudest): each
+    other allowed series; and, if it starts within `_SAME_ONSET_S` of a louder atom,
+    being absorbed by the loudest such one as a membrane or a bar (`STRIKE_MODES`),
+    its power added to that one's. Each candidate's objective (distance plus the
+    gain penalty, `per_level` per unit of level share) is evaluated alone
+    (`FastEngine.replacement_distances`); the best improving ones whose atoms start
+    `_INDEPENDENT_S` apart from each other's are made together if the objective
+    (one evaluation) says they improve it, else the best one alone if it does, else
+    none; then the candidates are formed again, for up to `_SERIES_ROUNDS` rounds.
+
+    Args:
+        engine: The chunk's fast engine.
+        params: Current atoms (unmasked), shape (segments, atoms).
+        floor_db: Noise-floor levels, shape (segments, bands), or None.
+        modes: Their series, indices into `MODES`, shape (segments, atoms).
+        active: Shape (segments, atoms), bool.
+        allowed: Series the atoms may take (indices into `MODES`).
+        per_level: Penalty per unit of an atom's level share (gain above the floor of its range, 0..1).
+        bounds: Physical ranges.
+    """
+    gain_db, modes, active = params.gain_db.clone(), modes.clone(), active.clone()
+    absorbed = torch.zeros_like(active)
+    strikes = tuple(m for m in allowed if MODES[m] in STRIKE_MODES)
+    for _ in range(_SERIES_ROUNDS):
+        current = _masked(replace(params, gain_db=gain_db), active)
+        changes = _series_candidates(current, modes, active, allowed, strikes)
+        if not changes:
+            break
+        segments, atoms, signs, atom_modes, new_gains, penalties = _candidate_atoms(
+            current, modes, changes, per_level, bounds
+        )
+        now, distances = engine.replacement_distances(
+            current, floor_db, modes, segments=segments, atoms=atoms, signs=signs, atom_modes=atom_modes
+        )
+        gains = (distances - now + penalties).tolist()
+        picked = _independent(changes, gains, params.time_s)
+        if not picked:
+            break
+        # The estimates rank the candidates; the objective itself decides.
+        base = float(engine(current, floor_db, modes=modes))
+        for chosen in (picked, picked[:1]) if len(picked) > 1 else (picked,):
+            trial = _apply(chosen, changes, new_gains, gain_db, modes, active)
+            distance = float(engine(_masked(replace(params, gain_db=trial[0]), trial[2]), floor_db, modes=trial[1]))
+            if distance - base + sum(float(penalties[i]) for i in chosen) < 0.0:
+                break
+        else:
+            break
+        gain_db, modes, active = trial
+        for i in chosen:
+            if changes[i].absorbs:
+                absorbed[changes[i].segment, changes[i].atoms[1]] = True
+    return SeriesChoice(gain_db, modes, active, absorbed)
+
+
+def _series_candidates(
+    params: AtomParams, modes: Tensor, active: Tensor, allowed: tuple[int, ...], strikes: tuple[int, ...]
+) -> list[_Change]:
+    """The candidate changes of `choose_series` (params muted where inactive)."""
+    gain_db = torch.where(active, params.gain_db, -math.inf)
+    events = active & (gain_db >= gain_db.max() - EVENT_WITHIN_DB)
+    changes = []
+    for s, j in torch.nonzero(events).tolist():
+        changes += [_Change(s, (j, j), m) for m in allowed if m != int(modes[s, j])]
+        together = active[s] & ((params.time_s[s] - params.time_s[s, j]).abs() < _SAME_ONSET_S)
+        louder = together & (gain_db[s] > gain_db[s, j])
+        if strikes and louder.any():
+            partner = int(torch.where(louder, gain_db[s], -math.inf).argmax())
+            changes += [_Change(s, (partner, j), m) for m in strikes]
+    return changes
+
+
+def _candidate_atoms(
+    params: AtomParams, modes: Tensor, changes: list[_Change], per_level: float, bounds: Bounds
+) -> tuple[Tensor, AtomParams, Tensor, Tensor, Tensor, Tensor]:
+    """Each change as signed atoms (`FastEngine.replacement_distances`), shape (changes, 3).
+
+    The atoms are the changed atom as it is (sign -1), as it would be (+1: its new series and,
+    if it absorbs another, the sum of both powers) and the absorbed atom (-1; sign 0 if none).
+
+    Returns:
+        The segments, the atoms, their signs and series, each change's new gain for the changed
+        atom and its change of the gain penalty.
+    """
+    device = modes.device
+    segments = torch.tensor([c.segment for c in changes], device=device)
+    index = torch.tensor([(c.atoms[0], c.atoms[0], c.atoms[1]) for c in changes], device=device)
+    rows = segments.unsqueeze(-1)
+    atoms = AtomParams(**{name: getattr(params, name)[rows, index] for name in FIELDS})
+    gains = atoms.gain_db
+    absorbs = index[:, 0] != index[:, 2]
+    merged = 10.0 * torch.log10(torch.pow(10.0, gains[:, 0] / 10.0) + torch.pow(10.0, gains[:, 2] / 10.0))
+    new_gain = torch.where(absorbs, merged.clamp(max=bounds.gain_db.hi), gains[:, 0])
+    atoms = replace(atoms, gain_db=torch.stack([gains[:, 0], new_gain, gains[:, 2]], dim=1))
+    signs = torch.stack([-torch.ones_like(index[:, 0]), torch.ones_like(index[:, 0]), -absorbs.long()], dim=1)
+    atom_modes = modes[rows, index]
+    atom_modes[:, 1] = torch.tensor([c.mode for c in changes], device=device)
+    # Level shares: (gain - lo) / span; an absorbed atom's share goes, the absorbing one's grows.
+    span = bounds.gain_db.hi - bounds.gain_db.lo
+    level_change = torch.where(absorbs, (new_gain - gains[:, 0] - gains[:, 2] + bounds.gain_db.lo) / span, 0.0)
+    return segments, atoms, signs, atom_modes, new_gain, (per_level * level_change).double()
+
+
+def _independent(changes: list[_Change], gains: list[float], time_s: Tensor) -> list[int]:
+    """Improving changes (objective change < 0), best first, whose atoms start `_INDEPENDENT_S` from the others'."""
+    picked: list[int] = []
+    taken: list[float] = []
+    for i in sorted(range(len(changes)), key=lambda k: gains[k]):
+        if gains[i] >= 0.0:
+            break
+        times = [float(time_s[changes[i].segment, a]) for a in changes[i].atoms]
+        if all(abs(t - u) >= _INDEPENDENT_S for t in times for u in taken):
+            picked.append(i)
+            taken += times
+    return picked
+
+
+def _apply(
+    picked: list[int], changes: list[_Change], new_gains: Tensor, gain_db: Tensor, modes: Tensor, active: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Copies of (gain_db, modes, active) with the picked changes made (`new_gains` from `_candidate_atoms`)."""
+    gain_db, modes, active = gain_db.clone(), modes.clone(), active.clone()
+    for i in picked:
+        change = changes[i]
+        s, (a, b) = change.segment, change.atoms
+        modes[s, a] = change.mode
+        if change.absorbs:
+            gain_db[s, a] = new_gains[i]
+            active[s, b] = False
+    return gain_db, modes, active
 
 
 def residual_restarts(

@@ -164,6 +164,62 @@ double spectral_distance(const void *power, const void *noise, const float *mag,
     return diff_norm / norm + sum_abs / (double)n;
 }
 
+/* splat.loss.changed_error_sums: the two error sums of splat.loss.error_sums over a window, for each of
+ * many candidate changes, without forming the changed spectrograms. Candidate c's powers are
+ *     tonal + sum_r ft[c, f, r] st[c, r, b],    noise + sum_r fn[c, f, r] sn[c, r, b]
+ * (a few atoms' frame powers times their spectra, signed: an atom added or removed), floored
+ * as the distance floors them. tonal, noise, mag, logmag: (frames, bins); ft: (candidates,
+ * frames, rt), st: (candidates, rt, bins), fn and sn alike with rn (at most MAX_RANK each);
+ * unchanged: (frames, 2), each frame's two sums as it is, taken where a candidate's factors
+ * are all 0 in that frame (before its atoms start); out: (candidates, 2). Terms whose factor
+ * is 0 in a frame are skipped there. scratch: 2 n_bins floats per thread. */
+#define MAX_RANK 16
+void changed_error_sums(const float *tonal, const float *noise, const float *mag, const float *logmag,
+                        int64_t n_frames, int64_t n_bins, int64_t n_candidates, const float *ft, const float *st,
+                        int64_t rt, const float *fn, const float *sn, int64_t rn, float floor_power, float a,
+                        float b, const double *unchanged, double *out, float *scratch) {
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t c = 0; c < n_candidates; c++) {
+        /* This thread's rows of changed powers. */
+        float *p = scratch + 2 * n_bins * thread_index(), *z = p + n_bins;
+        double sum_sq = 0.0, sum_abs = 0.0;
+        for (int64_t f = 0; f < n_frames; f++) {
+            const float *wt = ft + (c * n_frames + f) * rt, *wn = fn + (c * n_frames + f) * rn;
+            int changed = 0;
+            for (int64_t r = 0; r < rt; r++) changed |= wt[r] != 0.0f;
+            for (int64_t r = 0; r < rn; r++) changed |= wn[r] != 0.0f;
+            if (!changed) {
+                sum_sq += unchanged[2 * f], sum_abs += unchanged[2 * f + 1];
+                continue;
+            }
+            const int64_t row = f * n_bins;
+            memcpy(p, tonal + row, n_bins * sizeof *p);
+            memcpy(z, noise + row, n_bins * sizeof *z);
+            for (int64_t r = 0; r < rt; r++) {
+                const float w = wt[r], *spectrum = st + (c * rt + r) * n_bins;
+                if (w == 0.0f) continue;
+#pragma omp simd
+                for (int64_t k = 0; k < n_bins; k++) p[k] += w * spectrum[k];
+            }
+            for (int64_t r = 0; r < rn; r++) {
+                const float w = wn[r], *spectrum = sn + (c * rn + r) * n_bins;
+                if (w == 0.0f) continue;
+#pragma omp simd
+                for (int64_t k = 0; k < n_bins; k++) z[k] += w * spectrum[k];
+            }
+            float row_sq = 0.0f, row_abs = 0.0f;
+#pragma omp simd reduction(+ : row_sq, row_abs)
+            for (int64_t k = 0; k < n_bins; k++) {
+                const float model = sqrtf(fmaxf(p[k] + a * z[k], floor_power)), diff = model - mag[row + k];
+                row_sq += diff * diff;
+                row_abs += fabsf(logmag[row + k] - 0.5f * logf(fmaxf(p[k] + b * z[k], floor_power)));
+            }
+            sum_sq += (double)row_sq, sum_abs += (double)row_abs;
+        }
+        out[2 * c] = sum_sq, out[2 * c + 1] = sum_abs;
+    }
+}
+
 /* Rows advanced together in a recursion: independent chains the CPU overlaps (one row
  * at a time waits on each multiply-add's latency). */
 #define LANES 16

@@ -52,12 +52,17 @@ _FF = ctypes.POINTER(_F)
 _I = ctypes.c_int64
 _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
+_D = ctypes.POINTER(ctypes.c_double)
 _VV = ctypes.POINTER(ctypes.c_void_p)
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (
         ctypes.c_double,
         [_V, _V, _F, _F, ctypes.c_float, _I] + [ctypes.c_float] * 4 + [_F, _F, _V, _V, ctypes.c_int],
+    ),
+    "changed_error_sums": (
+        None,
+        [_F, _F, _F, _F, _I, _I, _I, _F, _F, _I, _F, _F, _I] + [ctypes.c_float] * 3 + [_D, _D, _F],
     ),
     "decayed_sum": (None, [_F, _F, _I, _I, _F]),
     "decayed_sum_backward": (None, [_F, _F, _F, _I, _I, _F, _F]),
@@ -198,6 +203,12 @@ def int64_ptr(t: Tensor | None) -> ctypes.Array | None:
         return None
     assert t.is_contiguous() and t.dtype == torch.int64, (t.shape, t.stride(), t.dtype)
     return ctypes.cast(t.data_ptr(), _II)
+
+
+def double_ptr(t: Tensor) -> ctypes.Array:
+    """A contiguous float64 tensor's data as a C pointer."""
+    assert t.is_contiguous() and t.dtype == torch.float64, (t.shape, t.stride(), t.dtype)
+    return ctypes.cast(t.data_ptr(), _D)
 
 
 def data(t: Tensor | None) -> int | None:

@@ -690,6 +690,7 @@ def expected_power(
     floor_db: Tensor | None = None,
     floor_at: list[Tensor] | None = None,
     modes: Tensor | None = None,
+    bfloat16: bool = True,
 ) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
 
@@ -703,6 +704,9 @@ def expected_power(
         floor_at: The floor envelope's frame powers from `floor_frames` (needed with `floor_db`).
         modes: Each atom's partial series (indices into `splat.modes.MODES`), integer tensor of
             shape (segments, atoms); None: every atom is a string.
+        bfloat16: Let the products run in bfloat16 where they can (`_BFloat16Products`); False
+            keeps them float32 (for differences of spectrograms, where a few parts in a thousand
+            of a loud cell would swamp a quiet remainder).
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -712,7 +716,7 @@ def expected_power(
     sr = plan.sample_rate
     # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
     # float32, rounded once), and take their gradients so: nothing is cast around the products.
-    half = native.usable(params.time_s) and native.bfloat16_products()
+    half = bfloat16 and native.usable(params.time_s) and native.bfloat16_products()
     dtype = torch.bfloat16 if half else None
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan, dtype=dtype)
