@@ -331,6 +331,15 @@ def fit_command(
             " room and dense-mix wash that no atom should hold.",
         ),
     ] = _FIT_DEFAULTS.noise_floor,
+    modes: Annotated[
+        str,
+        typer.Option(
+            "--modes",
+            metavar="SERIES",
+            help="Partial series the fit may give an atom, comma-separated: string (harmonic), membrane (drums),"
+            " bar (mallets, bells); string alone keeps every atom harmonic.",
+        ),
+    ] = ",".join(_FIT_DEFAULTS.modes),
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -411,6 +420,7 @@ def fit_command(
             envelope=envelope,
             greedy=greedy,
             noise_floor=noise_floor,
+            modes=tuple(name.strip() for name in modes.split(",") if name.strip()),
             segment_s=segment_s,
             sample_rate=sample_rate,
             init=init,

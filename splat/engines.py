@@ -232,9 +232,11 @@ class FastEngine:
         its segment's window by a few outer products, and the distance's two sums
         (`loss.error_sums`) change there alone: `loss.changed_error_sums` forms each
         candidate's sums in the window without forming its spectrogram. Both values come
-        from the same sums, so they compare exactly; the current powers and the changes
-        are float32 (a difference of spectrograms in bfloat16 would swamp a quiet
-        remainder with a loud atom's rounding).
+        from the same sums. The current powers and the changes are float32 (a difference of
+        spectrograms in bfloat16 would swamp a quiet remainder with a loud atom's rounding);
+        still, where the atoms taken out held nearly all of a cell's power, the remainder is
+        known only to ~1e-7 of it, so a candidate's distance is an estimate (to ~1e-4 of it),
+        good for ranking candidates; `fitting.choose_series` lets the distance itself decide.
 
         Args:
             params, floor_db, modes: The current atoms (shape (segments, atoms)), floor levels

@@ -808,10 +808,9 @@ def _fit_chunk(
                 per_level = _sparsity_weight(step, config) / active.shape[0]
                 choice = choose_series(engine, current, floor_levels(), modes, active, allowed, per_level, bounds)
                 modes, active = choice.modes, choice.active
-                if choice.absorbed.any():
-                    merged = to_raw(replace(current, gain_db=choice.gain_db), bounds=bounds, t0_s=t0_s, span_s=span_s)
-                    changed = (choice.gain_db != current.gain_db).unsqueeze(-1)
-                    raw0 = torch.where(changed, merged - step_scale * shift.detach(), raw0)
+                if choice.changed.any():
+                    merged = to_raw(choice.params, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    raw0 = torch.where(choice.changed.unsqueeze(-1), merged - step_scale * shift.detach(), raw0)
         if callback is not None:
             callback(
                 FitProgress(
@@ -840,16 +839,16 @@ class SeriesChoice:
     """Atoms after `choose_series`, shapes (segments, atoms).
 
     Attributes:
-        gain_db: Gains; an atom that absorbed others has their power added.
+        params: The atoms; one that absorbed another has the sum of both powers and flatter rolloffs.
         modes: Series, indices into `MODES`.
         active: Atoms still sounding (the absorbed ones are not).
-        absorbed: Atoms absorbed by another.
+        changed: Atoms whose parameters (not only their series) changed.
     """
 
-    gain_db: Tensor
+    params: AtomParams
     modes: Tensor
     active: Tensor
-    absorbed: Tensor
+    changed: Tensor
 
 
 @dataclass(frozen=True)
@@ -881,13 +880,14 @@ def choose_series(
     The series is not differentiable, so it is chosen by trying. The candidates are,
     for every event-level active atom (within `EVENT_WITHIN_DB` of the loudest): each
     other allowed series; and, if it starts within `_SAME_ONSET_S` of a louder atom,
-    being absorbed by the loudest such one as a membrane or a bar (`STRIKE_MODES`),
-    its power added to that one's. Each candidate's objective (distance plus the
-    gain penalty, `per_level` per unit of level share) is evaluated alone
-    (`FastEngine.replacement_distances`); the best improving ones whose atoms start
-    `_INDEPENDENT_S` apart from each other's are made together if the objective
-    (one evaluation) says they improve it, else the best one alone if it does, else
-    none; then the candidates are formed again, for up to `_SERIES_ROUNDS` rounds.
+    being absorbed by the loudest such one as a membrane or a bar (`STRIKE_MODES`;
+    see `_candidate_atoms` for the absorbing atom's new power and rolloffs). Each
+    candidate's objective (distance plus the gain penalty, `per_level` per unit of
+    level share) is estimated alone (`FastEngine.replacement_distances`); the best
+    improving ones whose atoms start `_INDEPENDENT_S` apart from each other's are
+    made together if the objective itself (one evaluation) says they improve it, else
+    the best one alone if it does, else none; then the candidates are formed again,
+    for up to `_SERIES_ROUNDS` rounds.
 
     Args:
         engine: The chunk's fast engine.
@@ -899,38 +899,34 @@ def choose_series(
         per_level: Penalty per unit of an atom's level share (gain above the floor of its range, 0..1).
         bounds: Physical ranges.
     """
-    gain_db, modes, active = params.gain_db.clone(), modes.clone(), active.clone()
-    absorbed = torch.zeros_like(active)
+    state = (params, modes, active)
+    changed = torch.zeros_like(active)
     strikes = tuple(m for m in allowed if MODES[m] in STRIKE_MODES)
     for _ in range(_SERIES_ROUNDS):
-        current = _masked(replace(params, gain_db=gain_db), active)
-        changes = _series_candidates(current, modes, active, allowed, strikes)
+        current = _masked(state[0], state[2])
+        changes = _series_candidates(current, state[1], state[2], allowed, strikes)
         if not changes:
             break
-        segments, atoms, signs, atom_modes, new_gains, penalties = _candidate_atoms(
-            current, modes, changes, per_level, bounds
-        )
+        segments, atoms, signs, atom_modes, penalties = _candidate_atoms(current, state[1], changes, per_level, bounds)
         now, distances = engine.replacement_distances(
-            current, floor_db, modes, segments=segments, atoms=atoms, signs=signs, atom_modes=atom_modes
+            current, floor_db, state[1], segments=segments, atoms=atoms, signs=signs, atom_modes=atom_modes
         )
-        gains = (distances - now + penalties).tolist()
-        picked = _independent(changes, gains, params.time_s)
+        picked = _independent(changes, (distances - now + penalties).tolist(), params.time_s)
         if not picked:
             break
         # The estimates rank the candidates; the objective itself decides.
-        base = float(engine(current, floor_db, modes=modes))
+        base = float(engine(current, floor_db, modes=state[1]))
         for chosen in (picked, picked[:1]) if len(picked) > 1 else (picked,):
-            trial = _apply(chosen, changes, new_gains, gain_db, modes, active)
-            distance = float(engine(_masked(replace(params, gain_db=trial[0]), trial[2]), floor_db, modes=trial[1]))
-            if distance - base + sum(float(penalties[i]) for i in chosen) < 0.0:
+            trial = _apply(chosen, changes, atoms, *state)
+            distance = float(engine(_masked(trial[0], trial[2]), floor_db, modes=trial[1]))
+            if distance - base + float(penalties[chosen].sum()) < 0.0:
                 break
         else:
             break
-        gain_db, modes, active = trial
+        state = trial
         for i in chosen:
-            if changes[i].absorbs:
-                absorbed[changes[i].segment, changes[i].atoms[1]] = True
-    return SeriesChoice(gain_db, modes, active, absorbed)
+            changed[changes[i].segment, changes[i].atoms[0]] |= changes[i].absorbs
+    return SeriesChoice(*state, changed)
 
 
 def _series_candidates(
@@ -952,15 +948,18 @@ def _series_candidates(
 
 def _candidate_atoms(
     params: AtomParams, modes: Tensor, changes: list[_Change], per_level: float, bounds: Bounds
-) -> tuple[Tensor, AtomParams, Tensor, Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, AtomParams, Tensor, Tensor, Tensor]:
     """Each change as signed atoms (`FastEngine.replacement_distances`), shape (changes, 3).
 
-    The atoms are the changed atom as it is (sign -1), as it would be (+1: its new series and,
-    if it absorbs another, the sum of both powers) and the absorbed atom (-1; sign 0 if none).
+    The atoms are the changed atom as it is (sign -1), as it would be (+1) and the absorbed
+    atom (-1; sign 0 if none). An atom that absorbs another takes the sum of both powers and
+    keeps its first partial's: the absorbed power goes to its upper partials (the other modes
+    of the strike), so each part's rolloff is flattened to keep the first partial's share of
+    the merged power what it was, 1 - rho' = (1 - rho) P_a / (P_a + P_b) (rho: the power ratio
+    of neighbouring partials, as for many partials).
 
     Returns:
-        The segments, the atoms, their signs and series, each change's new gain for the changed
-        atom and its change of the gain penalty.
+        The segments, the atoms, their signs and series, and each change's change of the gain penalty.
     """
     device = modes.device
     segments = torch.tensor([c.segment for c in changes], device=device)
@@ -970,15 +969,26 @@ def _candidate_atoms(
     gains = atoms.gain_db
     absorbs = index[:, 0] != index[:, 2]
     merged = 10.0 * torch.log10(torch.pow(10.0, gains[:, 0] / 10.0) + torch.pow(10.0, gains[:, 2] / 10.0))
-    new_gain = torch.where(absorbs, merged.clamp(max=bounds.gain_db.hi), gains[:, 0])
-    atoms = replace(atoms, gain_db=torch.stack([gains[:, 0], new_gain, gains[:, 2]], dim=1))
+    merged = merged.clamp(max=bounds.gain_db.hi)
+    kept = torch.pow(10.0, (gains[:, 0] - merged) / 10.0)  # the absorbing atom's share of the merged power
+    new = {"gain_db": merged}
+    for name in ("rolloff_db", "short_rolloff_db"):
+        rho = torch.pow(10.0, -getattr(atoms, name)[:, 0] / 10.0)
+        flatter = -10.0 * torch.log10(1.0 - (1.0 - rho) * kept)
+        new[name] = flatter.clamp(bounds.range_of(name).lo, bounds.range_of(name).hi)
+    columns = {}
+    for name, value in new.items():
+        column = getattr(atoms, name).clone()
+        column[:, 1] = torch.where(absorbs, value, column[:, 1])
+        columns[name] = column
+    atoms = replace(atoms, **columns)
     signs = torch.stack([-torch.ones_like(index[:, 0]), torch.ones_like(index[:, 0]), -absorbs.long()], dim=1)
     atom_modes = modes[rows, index]
     atom_modes[:, 1] = torch.tensor([c.mode for c in changes], device=device)
     # Level shares: (gain - lo) / span; an absorbed atom's share goes, the absorbing one's grows.
     span = bounds.gain_db.hi - bounds.gain_db.lo
-    level_change = torch.where(absorbs, (new_gain - gains[:, 0] - gains[:, 2] + bounds.gain_db.lo) / span, 0.0)
-    return segments, atoms, signs, atom_modes, new_gain, (per_level * level_change).double()
+    level_change = torch.where(absorbs, (merged - gains[:, 0] - gains[:, 2] + bounds.gain_db.lo) / span, 0.0)
+    return segments, atoms, signs, atom_modes, (per_level * level_change).double()
 
 
 def _independent(changes: list[_Change], gains: list[float], time_s: Tensor) -> list[int]:
@@ -996,18 +1006,20 @@ def _independent(changes: list[_Change], gains: list[float], time_s: Tensor) -> 
 
 
 def _apply(
-    picked: list[int], changes: list[_Change], new_gains: Tensor, gain_db: Tensor, modes: Tensor, active: Tensor
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Copies of (gain_db, modes, active) with the picked changes made (`new_gains` from `_candidate_atoms`)."""
-    gain_db, modes, active = gain_db.clone(), modes.clone(), active.clone()
+    picked: list[int], changes: list[_Change], atoms: AtomParams, params: AtomParams, modes: Tensor, active: Tensor
+) -> tuple[AtomParams, Tensor, Tensor]:
+    """Copies of (params, modes, active) with the picked changes made (`atoms` from `_candidate_atoms`)."""
+    values = {name: getattr(params, name).clone() for name in FIELDS}
+    modes, active = modes.clone(), active.clone()
     for i in picked:
         change = changes[i]
         s, (a, b) = change.segment, change.atoms
         modes[s, a] = change.mode
         if change.absorbs:
-            gain_db[s, a] = new_gains[i]
+            for name in FIELDS:
+                values[name][s, a] = getattr(atoms, name)[i, 1]
             active[s, b] = False
-    return gain_db, modes, active
+    return AtomParams(**values), modes, active
 
 
 def residual_restarts(

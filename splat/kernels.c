@@ -180,7 +180,7 @@ void changed_error_sums(const float *tonal, const float *noise, const float *mag
                         float b, const double *unchanged, double *out, float *scratch) {
 #pragma omp parallel for schedule(dynamic)
     for (int64_t c = 0; c < n_candidates; c++) {
-        /* This thread's rows of changed powers. */
+        /* This thread's rows of changes of the powers. */
         float *p = scratch + 2 * n_bins * thread_index(), *z = p + n_bins;
         double sum_sq = 0.0, sum_abs = 0.0;
         for (int64_t f = 0; f < n_frames; f++) {
@@ -192,9 +192,12 @@ void changed_error_sums(const float *tonal, const float *noise, const float *mag
                 sum_sq += unchanged[2 * f], sum_abs += unchanged[2 * f + 1];
                 continue;
             }
+            /* The change first, then the powers: where the atoms taken out held all of a cell's
+             * power, their terms cancel exactly and the remainder is the other atoms' (or 0), not
+             * the rounding of the cell's sum. */
             const int64_t row = f * n_bins;
-            memcpy(p, tonal + row, n_bins * sizeof *p);
-            memcpy(z, noise + row, n_bins * sizeof *z);
+            memset(p, 0, n_bins * sizeof *p);
+            memset(z, 0, n_bins * sizeof *z);
             for (int64_t r = 0; r < rt; r++) {
                 const float w = wt[r], *spectrum = st + (c * rt + r) * n_bins;
                 if (w == 0.0f) continue;
@@ -210,9 +213,10 @@ void changed_error_sums(const float *tonal, const float *noise, const float *mag
             float row_sq = 0.0f, row_abs = 0.0f;
 #pragma omp simd reduction(+ : row_sq, row_abs)
             for (int64_t k = 0; k < n_bins; k++) {
-                const float model = sqrtf(fmaxf(p[k] + a * z[k], floor_power)), diff = model - mag[row + k];
+                const float power = tonal[row + k] + p[k], noisy = noise[row + k] + z[k];
+                const float model = sqrtf(fmaxf(power + a * noisy, floor_power)), diff = model - mag[row + k];
                 row_sq += diff * diff;
-                row_abs += fabsf(logmag[row + k] - 0.5f * logf(fmaxf(p[k] + b * z[k], floor_power)));
+                row_abs += fabsf(logmag[row + k] - 0.5f * logf(fmaxf(power + b * noisy, floor_power)));
             }
             sum_sq += (double)row_sq, sum_abs += (double)row_abs;
         }
