@@ -652,17 +652,19 @@ static void partials(const float *fields, int64_t n_atoms, int64_t i, int64_t n_
     /* The partials whose ratio is at most the real ratio at Nyquist (splat.dsp.partial_index) minus 1e-6. */
     const float x = nyquist / f0;
     const float r_max = sqrtf(2.0f * x * x / (1.0f + sqrtf(1.0f + 4.0f * b * x * x))) - 1e-6f;
-    p->ratio = ratios + (modes ? modes[i] : 0) * n_partials;
-    p->n_active = 0;
-    while (p->n_active < n_partials && p->ratio[p->n_active] <= r_max) p->n_active++;
+    const float *restrict ratio = ratios + (modes ? modes[i] : 0) * n_partials;
+    int64_t n_active = 0;
+    while (n_active < n_partials && ratio[n_active] <= r_max) n_active++;
+    p->ratio = ratio, p->n_active = n_active;
     p->boost = expm1f(F(PARTIAL_FORMANT_DB) * (float)(LN_10 / 10.0));
     const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
                               -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+    const float formant_hz = F(PARTIAL_FORMANT_HZ);
     p->total[0] = p->total[1] = 0.0f;
-    for (int64_t j = 0; j < p->n_active; j++) {
-        const float k = (float)(j + 1), r = p->ratio[j];
+    for (int64_t j = 0; j < n_active; j++) {
+        const float k = (float)(j + 1), r = ratio[j];
         p->freq[j] = r * f0 * sqrtf(1.0f + b * r * r);
-        const float z = log2f(p->freq[j] / F(PARTIAL_FORMANT_HZ)) * (float)FORMANT_Z_PER_LOG2;
+        const float z = log2f(p->freq[j] / formant_hz) * (float)FORMANT_Z_PER_LOG2;
         p->formant_exp[j] = expf(-0.5f * z * z);
         p->gain[j] = 1.0f + p->boost * p->formant_exp[j];
         for (int part = 0; part < 2; part++) {

@@ -98,8 +98,12 @@ def _table(n_partials: int) -> np.ndarray:
     return table
 
 
+@functools.cache
 def ratio_table(n_partials: int, *, dtype: torch.dtype = torch.float64, device: torch.device | str = "cpu") -> Tensor:
     """The first `n_partials` ratios of every series, shape (len(MODES), n_partials); row i is `MODES[i]`.
+
+    One tensor per (n_partials, dtype, device), shared by every caller (the fast engine asks for it
+    at every step): read it, never write it.
 
     Raises:
         ParameterError: if `n_partials` is below 1.
