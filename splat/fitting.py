@@ -95,7 +95,7 @@ RESEED_AT = (0.2, 0.4)
 _SAME_ONSET_S = 0.05
 #: Fractions of the iterations after which the events' partial series are chosen (`choose_series`; fast
 #: engine only): every event-level atom tries each other series, and one that starts with a louder atom is
-#: tried folded into it as a membrane or a bar (one drum hit that several harmonic atoms each held in part).
+#: tried absorbed by it as a membrane or a bar (one drum hit that several harmonic atoms each held in part).
 SERIES_AT = (0.4, 0.5, 0.75, 1.0)
 #: Series an atom may take when it absorbs another that starts with it: inharmonic modes. Never a
 #: string, so the notes of a chord stay apart.
@@ -447,14 +447,12 @@ class StartingAtoms:
         noise_seeds: The atoms' noise seeds, shape (segments, atoms).
         onsets_s: Onsets the init found, in seconds from the region's start, shape (onsets,).
         placed: Atoms the init put on an event (the others start quiet, anywhere), shape (segments, atoms).
-        modes: The atoms' partial series, indices into `MODES`, shape (segments, atoms).
     """
 
     values: dict[str, np.ndarray]
     noise_seeds: np.ndarray
     onsets_s: np.ndarray
     placed: np.ndarray
-    modes: np.ndarray
 
 
 def initial_params(
@@ -533,7 +531,7 @@ def initial_params(
         starting_durations(values["time_s"], lo / sample_rate + onsets_s),
     )
     noise_seeds = rng.integers(0, 2**62, size=shape)
-    return StartingAtoms(values, noise_seeds, onsets_s, placed, np.full(shape, STRING))
+    return StartingAtoms(values, noise_seeds, onsets_s, placed)
 
 
 def _place_proposals(
@@ -698,7 +696,8 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
-    modes = torch.tensor(starting.modes, dtype=torch.int64, device=device)
+    # Every atom starts as a string; `choose_series` tries the others on the events.
+    modes = torch.full(raw0.shape[:2], STRING, dtype=torch.int64, device=device)
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:

@@ -31,7 +31,8 @@ from splat.errors import ParameterError
 
 #: The series, in the order of their indices in a `modes` tensor.
 MODES: tuple[str, ...] = ("string", "membrane", "bar")
-STRING, MEMBRANE, BAR = range(3)
+#: Index of the string series (every atom's before the fit chooses).
+STRING = MODES.index("string")
 
 
 def membrane_ratios(n: int) -> np.ndarray:
