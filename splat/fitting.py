@@ -886,7 +886,9 @@ def choose_series(
     improving ones whose atoms start `_INDEPENDENT_S` apart from each other's are
     made together if the objective itself (one evaluation) says they improve it, else
     the best one alone if it does, else none; then the candidates are formed again,
-    for up to `_SERIES_ROUNDS` rounds.
+    for up to `_SERIES_ROUNDS` rounds: after all the picked changes were made, only
+    around them (the events starting within `_INDEPENDENT_S` of their atoms: every
+    other candidate was estimated not to improve, and is as it was).
 
     Args:
         engine: The chunk's fast engine.
@@ -901,9 +903,10 @@ def choose_series(
     state = (params, modes, active)
     changed = torch.zeros_like(active)
     strikes = tuple(m for m in allowed if MODES[m] in STRIKE_MODES)
+    around: list[float] | None = None  # onsets near which to look again (None: everywhere)
     for _ in range(_SERIES_ROUNDS):
         current = _masked(state[0], state[2])
-        changes = _series_candidates(current, state[1], state[2], allowed, strikes)
+        changes = _series_candidates(current, state[1], state[2], allowed, strikes, around)
         if not changes:
             break
         segments, atoms, signs, atom_modes, penalties = _candidate_atoms(current, state[1], changes, per_level, bounds)
@@ -925,15 +928,27 @@ def choose_series(
         state = trial
         for i in chosen:
             changed[changes[i].segment, changes[i].atoms[0]] |= changes[i].absorbs
+        around = [float(params.time_s[changes[i].segment, a]) for i in chosen for a in changes[i].atoms]
+        if len(chosen) < len(picked):
+            around = None  # some improving candidates elsewhere were left out: look at all again
     return SeriesChoice(*state, changed)
 
 
 def _series_candidates(
-    params: AtomParams, modes: Tensor, active: Tensor, allowed: tuple[int, ...], strikes: tuple[int, ...]
+    params: AtomParams,
+    modes: Tensor,
+    active: Tensor,
+    allowed: tuple[int, ...],
+    strikes: tuple[int, ...],
+    around: list[float] | None = None,
 ) -> list[_Change]:
-    """The candidate changes of `choose_series` (params muted where inactive)."""
+    """The candidate changes of `choose_series` (params muted where inactive), of the events
+    starting within `_INDEPENDENT_S` of a time in `around` (all events if None)."""
     gain_db = torch.where(active, params.gain_db, -math.inf)
     events = active & (gain_db >= gain_db.max() - EVENT_WITHIN_DB)
+    if around is not None:
+        times = torch.tensor(around, dtype=params.time_s.dtype, device=params.time_s.device)
+        events &= ((params.time_s.unsqueeze(-1) - times).abs() < _INDEPENDENT_S).any(-1)
     changes = []
     for s, j in torch.nonzero(events).tolist():
         changes += [_Change(s, (j, j), m) for m in allowed if m != int(modes[s, j])]

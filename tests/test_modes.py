@@ -17,6 +17,7 @@ from test_synth import REFERENCE_ATOMS, SAMPLE_RATE, _reference
 
 from splat import dsp, loss, modes, native, spectral, synth
 from splat.atoms import Atom, AtomSet
+from splat.checkpoint import FitState
 from splat.edit import select
 from splat.engines import FastEngine, ModelSpec, Region
 from splat.errors import ParameterError
@@ -378,3 +379,25 @@ def test_fit_refuses_unknown_series(write_wav, clip):
     path = write_wav("clip.wav", clip)
     assert_one_error_line(run("fit", path, *TINY_FIT, "--modes", "string,drum"), mentions="modes=")
     assert sorted(p.name for p in path.parent.iterdir()) == ["clip.wav"]
+
+
+def test_a_checkpoint_keeps_the_tail_atoms_series():
+    tail = to_physical(
+        torch.zeros(1, 3, N_FIELDS), bounds=Bounds.for_sample_rate(SR), t0_s=torch.zeros(1, 1), span_s=1.0
+    )
+    state = FitState(
+        n_done=1,
+        n_chunks=2,
+        rng_state={"state": 1},
+        atoms=(),
+        floors=(),
+        losses=((1.0,),),
+        tail=tail,
+        tail_floor_db=None,
+        tail_start=0,
+        tail_modes=torch.tensor([[1, 0, 2]]),
+    )
+    doc = json.loads(json.dumps(state.to_dict()))
+    assert FitState.from_dict(doc).tail_modes.tolist() == [[1, 0, 2]]
+    del doc["tail_modes"]  # a checkpoint written before the series: its tail is strings
+    assert FitState.from_dict(doc).tail_modes is None
