@@ -336,8 +336,7 @@ def fit_command(
         typer.Option(
             "--modes",
             metavar="SERIES",
-            help="Partial series the fit may give an atom, comma-separated: string (harmonic), membrane (drums),"
-            " bar (mallets, bells); string alone keeps every atom harmonic.",
+            help="Partial series an atom may take: string (harmonic), membrane (drums), bar (mallets).",
         ),
     ] = ",".join(_FIT_DEFAULTS.modes),
     sample_rate: Annotated[
