@@ -20,6 +20,7 @@ import torch
 from splat import floor, room
 from splat.errors import FormatError
 from splat.files import write_text_atomic
+from splat.modes import MODES, mode_indices
 from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds, RoomBounds
 
 FORMAT_NAME = "splat.atoms"
@@ -31,13 +32,15 @@ FORMAT_VERSION = 6
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
 #: Versions 1-4 had no formant: their atoms get a 0 dB one (no change). Versions 1-5 had
-#: no room: they play dry, as before.
+#: no room (they play dry, as before) and no partial series (their atoms are strings).
 READABLE_VERSIONS = (1, 2, 3, 4, 5, FORMAT_VERSION)
-#: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5).
+#: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5),
+#: the partial series (6).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
     4: ("duration_s", "release_s"),
     5: ("formant_hz", "formant_db"),
+    6: ("modes",),
 }
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
@@ -72,6 +75,8 @@ class Atom:
     # Defaults: no formant (as in format versions 1-4): the partials follow the rolloffs alone.
     formant_hz: float = 1000.0
     formant_db: float = 0.0
+    # Default: harmonic partials (as in format versions 1-5); see `splat.modes`.
+    modes: str = "string"
 
     @classmethod
     def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:
@@ -90,6 +95,11 @@ class Atom:
             if name == "noise_seed":
                 if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
                     raise FormatError(f"{where}.noise_seed={value!r} must be an integer in [0, 2^63)")
+                values[name] = value
+                continue
+            if name == "modes":
+                if not isinstance(value, str) or value not in MODES:
+                    raise FormatError(f"{where}.modes={value!r} must be one of {', '.join(map(repr, MODES))}")
                 values[name] = value
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -265,6 +275,10 @@ class AtomSet:
         ).reshape(1, len(self.atoms), len(FIELDS))
         seeds = torch.tensor([a.noise_seed for a in self.atoms], dtype=torch.int64, device="cpu")
         return AtomParams.unstack(values.to(device=device, dtype=dtype)), seeds
+
+    def to_modes(self, *, device: torch.device | str = "cpu") -> torch.Tensor:
+        """The atoms' partial series as indices into `splat.modes.MODES`, int64 of shape (1, atoms)."""
+        return mode_indices([a.modes for a in self.atoms], device=device).reshape(1, -1)
 
     def with_atoms(self, atoms: list[Atom] | tuple[Atom, ...]) -> AtomSet:
         """A copy holding `atoms` (sorted by time) instead of the current ones."""

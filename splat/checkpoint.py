@@ -51,6 +51,8 @@ class FitState:
         room: The room fitted with the first chunk, or None.
         room_states: The fast engine's room recursions at the next chunk's start, per resolution
             (`splat.engines.FastEngine.room_states_at`), or None.
+        tail_modes: That segment's atoms' partial series (indices into `splat.modes.MODES`),
+            shape (1, atoms), int64; None: all strings.
     """
 
     n_done: int
@@ -64,6 +66,7 @@ class FitState:
     tail_start: int
     room: Room | None = None
     room_states: tuple[Tensor, ...] | None = None
+    tail_modes: Tensor | None = None
 
     def background(self, device: torch.device) -> tuple[AtomParams, Tensor | None, Tensor]:
         """The tail as the fit's next chunk takes it: (atoms, floor levels, segment starts of shape (1,))."""
@@ -86,6 +89,7 @@ class FitState:
             "tail_start": self.tail_start,
             "room": None if self.room is None else self.room.to_dict(),
             "room_states": None if self.room_states is None else [s.cpu().tolist() for s in self.room_states],
+            "tail_modes": None if self.tail_modes is None else self.tail_modes.cpu().tolist(),
         }
 
     @classmethod
@@ -98,6 +102,7 @@ class FitState:
         try:
             floor_db = doc["tail_floor_db"]
             room, states = doc.get("room"), doc.get("room_states")
+            tail_modes = doc.get("tail_modes")
             state = cls(
                 n_done=int(doc["n_done"]),
                 n_chunks=int(doc["n_chunks"]),
@@ -112,6 +117,7 @@ class FitState:
                 tail_start=int(doc["tail_start"]),
                 room=None if room is None else Room.from_dict(room),
                 room_states=None if states is None else tuple(torch.tensor(s, dtype=torch.float32) for s in states),
+                tail_modes=None if tail_modes is None else torch.tensor(tail_modes, dtype=torch.int64),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise FormatError(f"the checkpoint is incomplete or malformed ({type(exc).__name__}: {exc})") from exc

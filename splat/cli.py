@@ -360,6 +360,14 @@ def fit_command(
             " that everything plays in, so that atoms need not fake it with long decays.",
         ),
     ] = _FIT_DEFAULTS.room,
+    modes: Annotated[
+        str,
+        typer.Option(
+            "--modes",
+            metavar="SERIES",
+            help="Partial series an atom may take: string (harmonic), membrane (drums), bar (mallets).",
+        ),
+    ] = ",".join(_FIT_DEFAULTS.modes),
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -443,6 +451,7 @@ def fit_command(
             perceptual_weight=perceptual_weight,
             noise_floor=noise_floor,
             room=room,
+            modes=tuple(name.strip() for name in modes.split(",") if name.strip()),
             segment_s=segment_s,
             sample_rate=sample_rate,
             init=init,

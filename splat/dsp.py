@@ -289,26 +289,44 @@ class _DecayedSum(torch.autograd.Function):
         return grad_x, grad_log_q
 
 
-def partial_frequencies(f0_hz: Tensor, inharmonicity: Tensor, k: Tensor) -> Tensor:
-    """Stiff-string partial frequencies f_k = k f0 sqrt(1 + B k^2), broadcasting."""
-    return k * f0_hz * torch.sqrt(1.0 + inharmonicity * k * k)
+def partial_frequencies(f0_hz: Tensor, inharmonicity: Tensor, ratio: Tensor) -> Tensor:
+    """Partial frequencies f = r f0 sqrt(1 + B r^2), broadcasting.
+
+    r is the partial's ratio in its series (`splat.modes`): k for a string (a stiff
+    string's f_k = k f0 sqrt(1 + B k^2)), a membrane's or a bar's mode ratio otherwise.
+    """
+    return ratio * f0_hz * torch.sqrt(1.0 + inharmonicity * ratio * ratio)
 
 
 def partial_index(freq_hz: Tensor, f0_hz: Tensor, inharmonicity: Tensor) -> Tensor:
-    """Inverse of `partial_frequencies`: the real k whose partial lies at `freq_hz`.
+    """Inverse of `partial_frequencies`: the real ratio r (k for a string) whose partial lies at `freq_hz`.
 
-    Solves k^2 + B k^4 = r^2 (r = f / f0) as k^2 = 2 r^2 / (1 + sqrt(1 + 4 B r^2)),
+    Solves r^2 + B r^4 = x^2 (x = f / f0) as r^2 = 2 x^2 / (1 + sqrt(1 + 4 B x^2)),
     which stays exact as B -> 0.
     """
     r = freq_hz / f0_hz
     return torch.sqrt(2.0 * r * r / (1.0 + torch.sqrt(1.0 + 4.0 * inharmonicity * r * r)))
 
 
-def n_audible_partials(f0_hz: Tensor, inharmonicity: Tensor, *, nyquist_hz: float, n_partials: int) -> Tensor:
-    """Number of partials strictly below Nyquist, at most `n_partials` (integer tensor, no gradient)."""
+def n_audible_partials(
+    f0_hz: Tensor, inharmonicity: Tensor, *, nyquist_hz: float, n_partials: int, ratios: Tensor | None = None
+) -> Tensor:
+    """Number of partials strictly below Nyquist, at most `n_partials` (integer tensor, no gradient).
+
+    Args:
+        f0_hz, inharmonicity: Shape (..., 1) with `ratios`, else any shape.
+        ratios: Each atom's partial ratios in increasing order (`splat.modes.partial_ratios`),
+            shape (..., n_partials); None for strings (ratio k), counted in closed form.
+
+    Returns:
+        Counts, the shape of `f0_hz`.
+    """
     with torch.no_grad():
-        k = torch.floor(partial_index(torch.full_like(f0_hz, nyquist_hz), f0_hz, inharmonicity) - 1e-6)
-        return k.clamp(0, n_partials)
+        # Partials are audible up to the real ratio at Nyquist, less 1e-6 (rounding at Nyquist itself).
+        top = partial_index(torch.full_like(f0_hz, nyquist_hz), f0_hz, inharmonicity) - 1e-6
+        if ratios is None:
+            return torch.floor(top).clamp(0, n_partials)
+        return (ratios <= top).sum(-1, keepdim=True).to(f0_hz.dtype).clamp(max=n_partials)
 
 
 def partial_weights(rolloff_db: Tensor, k: Tensor, n_active: Tensor, gains: Tensor | None = None) -> Tensor:

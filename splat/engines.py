@@ -8,8 +8,10 @@
 An engine is built once per chunk of segments (a *region* of the file, which
 may begin with the tails of atoms fitted earlier: the *background*) and maps
 `AtomParams` of shape (segments, atoms), plus optionally each segment's
-noise-floor levels (shape (segments, bands), see `splat.floor`) and the room
-(`splat.room`: it reverberates everything else), to the scalar distance.
+noise-floor levels (shape (segments, bands), see `splat.floor`), the room
+(`splat.room`: it reverberates everything else) and each atom's partial series
+(`modes`, indices into `splat.modes.MODES` of shape (segments, atoms); None: all
+strings), to the scalar distance.
 """
 
 from __future__ import annotations
@@ -74,6 +76,7 @@ class FastEngine:
         background: tuple[AtomParams, Tensor | None, Tensor] | None = None,
         room_states: list[Tensor] | None = None,
         perceptual_weight: float = 0.0,
+        background_modes: Tensor | None = None,
     ) -> None:
         """Prepare everything that does not depend on the parameters.
 
@@ -89,6 +92,7 @@ class FastEngine:
                 per resolution, the room's recursions at the region's first frame
                 (`splat.room.RoomBands.carry`, shape (2, bins)); None for silence.
             perceptual_weight: Weight of the ERB-band term of the distance (`loss.SpectralTarget`).
+            background_modes: The background atoms' series, shape (segments, atoms), or None (strings).
         """
         device = target.device
         self.spec = spec
@@ -120,7 +124,8 @@ class FastEngine:
             with torch.no_grad():
                 params, floor_db, bg_starts = background
                 window_start_s = (bg_starts.float() / spec.sample_rate).unsqueeze(-1)
-                powers = self._powers(params, floor_db, window_start_s, self._floor_frames(bg_starts))
+                floor_at = self._floor_frames(bg_starts)
+                powers = self._powers(params, floor_db, window_start_s, floor_at, background_modes)
                 self.background = self._place_all(powers, [self._indices(bg_starts, res) for res in spec.resolutions])
 
     def _indices(self, starts: Tensor, res: spectral.Resolution) -> tuple[Tensor, Tensor]:
@@ -147,7 +152,14 @@ class FastEngine:
         return spectral.floor_frames(spans, (starts.float() / self.spec.sample_rate).unsqueeze(-1), self.plan)
 
     def _powers(
-        self, params: AtomParams, floor_db: Tensor | None, window_start_s: Tensor, floor_at: list[Tensor]
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        window_start_s: Tensor,
+        floor_at: list[Tensor],
+        modes: Tensor | None,
+        *,
+        bfloat16: bool = True,
     ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
@@ -157,6 +169,8 @@ class FastEngine:
             n_partials=self.spec.n_partials,
             floor_db=floor_db,
             floor_at=floor_at,
+            modes=modes,
+            bfloat16=bfloat16,
         )
 
     def split_powers(
@@ -166,14 +180,17 @@ class FastEngine:
         *,
         background: bool = True,
         room: RoomParams | None = None,
+        modes: Tensor | None = None,
+        bfloat16: bool = True,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
         With `background=False`, only these atoms and floors (without earlier segments' tails, and
         without what rang in the room before the region). With a `room`, its reverberation of
-        all that is added to the noise.
+        all that is added to the noise. `modes`: the atoms' series (None: strings); `bfloat16`
+        as `spectral.expected_power` takes it.
         """
-        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
+        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, modes, bfloat16=bfloat16)
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
             region = [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
@@ -190,14 +207,20 @@ class FastEngine:
         ]
 
     def room_states_at(
-        self, n_samples: int, params: AtomParams, floor_db: Tensor | None, room: RoomParams
+        self,
+        n_samples: int,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        room: RoomParams,
+        *,
+        modes: Tensor | None = None,
     ) -> list[Tensor]:
         """The room's recursions `n_samples` into the region (where the next one starts), per resolution.
 
         They carry all that sounded up to there (these atoms, floors and background,
         and what rang in the room before the region) into the next region's `room_states`.
         """
-        dry = self.split_powers(params, floor_db)
+        dry = self.split_powers(params, floor_db, modes=modes)
         states = self.room_states if self.room_states is not None else [None] * len(dry)
         return [
             bands.carry(p.total, room, n_frames=n_samples // bands.hop, state=state)
@@ -205,31 +228,147 @@ class FastEngine:
         ]
 
     def model_powers(
-        self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: Tensor | None = None,
     ) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
-        return [p.total.float() for p in self.split_powers(params, floor_db, room=room)]
+        return [p.total.float() for p in self.split_powers(params, floor_db, room=room, modes=modes)]
 
     def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
         return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
+    def __call__(
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: Tensor | None = None,
+    ) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
-        return self._distance(self.split_powers(params, floor_db, room=room))
+        return self._distance(self.split_powers(params, floor_db, room=room, modes=modes))
 
     def lead_distances(
-        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
+        self,
+        lead: AtomParams,
+        rest: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Distances of all atoms and of the `lead` atoms alone (with the floor, background and room), as scalars.
 
         The spectrogram is linear in the atoms, and so is the room's reverberation of
         it, so the full model is the lead atoms' spectrogram plus the rest's: both
-        distances for about the price of one.
+        distances for about the price of one. `modes` holds the lead's and the rest's
+        series (None: all strings).
         """
-        lead_region = self.split_powers(lead, floor_db, room=room)
-        rest_region = self.split_powers(rest, background=False, room=room)
+        lead_modes, rest_modes = (None, None) if modes is None else modes
+        lead_region = self.split_powers(lead, floor_db, room=room, modes=lead_modes)
+        rest_region = self.split_powers(rest, background=False, room=room, modes=rest_modes)
         all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
+
+    def replacement_distances(
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        modes: Tensor | None,
+        *,
+        segments: Tensor,
+        atoms: AtomParams,
+        signs: Tensor,
+        atom_modes: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        """The distance now, and after each of many candidate changes made alone.
+
+        Candidate c adds to segment `segments[c]` the atoms `atoms[c]`, each times its
+        sign: -1 takes out an atom of `params` (as it is there), +1 puts a new one in, 0
+        leaves it out. The spectrogram is linear in the atoms and each atom's is
+        separable (frame powers times spectra, `splat.spectral`), so a candidate changes
+        its segment's window by a few outer products, and the distance's two sums
+        (`loss.error_sums`) change there alone: `loss.changed_error_sums` forms each
+        candidate's sums in the window without forming its spectrogram. Both values come
+        from the same sums. The current powers and the changes are float32 (a difference of
+        spectrograms in bfloat16 would swamp a quiet remainder with a loud atom's rounding);
+        still, where the atoms taken out held nearly all of a cell's power, the remainder is
+        known only to ~1e-7 of it, so a candidate's distance is an estimate (to ~1e-4 of it),
+        good for ranking candidates; `fitting.choose_series` lets the distance itself decide.
+
+        Args:
+            params, floor_db, modes: The current atoms (shape (segments, atoms)), floor levels
+                and series, as `__call__` takes them.
+            segments: Each candidate's segment index, shape (candidates,).
+            atoms: Each candidate's atoms, shape (candidates, k).
+            signs: Their signs (-1, 0 or +1), shape (candidates, k).
+            atom_modes: Their series, shape (candidates, k).
+
+        Returns:
+            The current distance (scalar) and each candidate's, shape (candidates,), float64.
+        """
+        current = [p.map(lambda t: t.float()) for p in self.split_powers(params, floor_db, modes=modes, bfloat16=False)]
+        totals = [torch.stack(loss.error_sums(p.tonal, p.noise, y, log_y)) for p, y, log_y in self._targets(current)]
+        distances = torch.zeros(segments.numel(), dtype=torch.float64, device=segments.device)
+        for segment in segments.unique().tolist():
+            chosen = torch.nonzero(segments == segment).flatten()
+            part = AtomParams(**{name: value[chosen] for name, value in vars(atoms).items()})
+            factors = self._change_factors(segment, part, signs[chosen], atom_modes[chosen])
+            sums = []
+            for i, ((now, y, log_y), total) in enumerate(zip(self._targets(current), totals, strict=True)):
+                lo, hi, window = self._window_frames(segment, i)
+                (frames_t, spectra_t), (frames_n, spectra_n) = factors[i]
+                changes = ((frames_t[:, window], spectra_t), (frames_n[:, window], spectra_n))
+                here = (now.tonal[lo:hi], now.noise[lo:hi], y[lo:hi], log_y[lo:hi])
+                unchanged = tuple((f[:1, :, :0], s[:1, :0]) for f, s in changes)  # rank 0: the window as it is
+                was, will = (loss.changed_error_sums(*here, *c) for c in (unchanged, changes))
+                sums.append(total - was + will)  # (candidates, 2)
+            distances[chosen] = self._combine(sums)
+        return self._combine(totals), distances
+
+    def _targets(self, powers: list[spectral.SplitPower]) -> list[tuple[spectral.SplitPower, Tensor, Tensor]]:
+        return list(zip(powers, self.target.magnitudes, self.target.logs, strict=True))
+
+    def _combine(self, sums: list[Tensor]) -> Tensor:
+        """The distance from each resolution's two error sums (last axis; mean over resolutions, as `loss`)."""
+        parts = [
+            torch.sqrt(s[..., 0]) / norm + s[..., 1] / y.numel()
+            for s, norm, y in zip(sums, self.target.norm_values, self.target.magnitudes, strict=True)
+        ]
+        return torch.stack(parts).mean(0)
+
+    def _window_frames(self, segment: int, i: int) -> tuple[int, int, slice]:
+        """Resolution i's region frames [lo, hi) that a segment's window covers, and where they sit in the window."""
+        hop = self.spec.resolutions[i].hop
+        first = (self.region.segment_starts[segment] - self.region.start) // hop
+        lo, hi = max(first, 0), min(first + self.grid.n_window // hop, self.region.n_samples // hop)
+        return lo, hi, slice(lo - first, hi - first)
+
+    def _change_factors(
+        self, segment: int, atoms: AtomParams, signs: Tensor, atom_modes: Tensor
+    ) -> list[tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]]:
+        """Per resolution, ((F, S) of the partials, (F, S) of the noise) of signed atoms in a segment's window.
+
+        F holds the atoms' frame powers times their signs, shape (candidates, window frames,
+        parts): the resonances' bodies and short parts for the partials, the bursts for the
+        noise; S their spectra, shape (candidates, parts, bins).
+        """
+        n, k = signs.shape
+        plan = self.plan
+        start_s = self.window_start_s[segment : segment + 1].expand(n, 1)
+        sr, envelope = self.spec.sample_rate, self.spec.envelope
+        powers = spectral.branch_powers(atoms, plan.cell_s, start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
+        signed = signs.to(powers.dtype).repeat(1, 3).unsqueeze(1)  # (candidates, 1, 3k): noise, bodies, shorts
+        frames = [f.float() * signed for f in plan.frame_powers(powers)]
+        noise = spectral.noise_spectra(atoms, plan)
+        tonal = spectral.resonance_spectra(atoms, plan, n_partials=self.spec.n_partials, modes=atom_modes)
+        return [
+            ((f[..., k:], t.float()), (f[..., :k], z.float())) for f, t, z in zip(frames, tonal, noise, strict=True)
+        ]
 
 
 class ReferenceEngine:
@@ -296,7 +435,7 @@ class ReferenceEngine:
         """File samples [first, end) the engine renders: the region and half the longest FFT on each side."""
         return region.start - spec.pad, region.start + region.n_samples + spec.pad
 
-    def _render_group(self, white: Tensor, first: int, n_samples: int, *fields: Tensor) -> Tensor:
+    def _render_group(self, white: Tensor, modes: Tensor | None, first: int, n_samples: int, *fields: Tensor) -> Tensor:
         params = AtomParams(*fields)
         audio = synth.render_atoms(
             params,
@@ -306,16 +445,26 @@ class ReferenceEngine:
             start=first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
+            modes=modes,
         )
         return audio.sum(dim=(0, 1))
 
-    def render(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
+    def render(
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: Tensor | None = None,
+    ) -> Tensor:
         """The region's audio with context: shape (n_samples + 2 * pad,).
 
         With a `room`, its reverberation of these atoms and floors is added (the
-        background brings its own: it was rendered with the room).
+        background brings its own: it was rendered with the room). `modes`: the
+        atoms' series (None: strings).
         """
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
+        flat_modes = None if modes is None else modes.reshape(1, -1)
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
         n = flat.time_s.shape[1]
         sr = self.spec.sample_rate
@@ -330,8 +479,9 @@ class ReferenceEngine:
             end = min(int(ends[0, lo : lo + self.atoms_per_group].max()), self.first + self.n_context)
             if end <= first:
                 continue
+            group_modes = None if flat_modes is None else flat_modes[:, lo : lo + self.atoms_per_group]
             audio = checkpoint(
-                self._render_group, white, first, end - first, *vars(group).values(), use_reentrant=False
+                self._render_group, white, group_modes, first, end - first, *vars(group).values(), use_reentrant=False
             )
             mix = mix + torch.nn.functional.pad(audio, (first - self.first, self.first + self.n_context - end))
         if floor_db is not None:
@@ -353,12 +503,24 @@ class ReferenceEngine:
         return mix
 
     def model_powers(
-        self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: Tensor | None = None,
     ) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        audio = self.render(params, floor_db, room)
+        audio = self.render(params, floor_db, room, modes=modes)
         return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, room: RoomParams | None = None) -> Tensor:
+    def __call__(
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        room: RoomParams | None = None,
+        *,
+        modes: Tensor | None = None,
+    ) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db, room))
+        return self.target.distance(self.model_powers(params, floor_db, room, modes=modes))

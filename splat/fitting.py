@@ -38,6 +38,7 @@ from splat.encoder import Encoder, Proposals
 from splat.engines import FastEngine, ModelSpec, ReferenceEngine, Region
 from splat.errors import AudioError, ParameterError
 from splat.evaluate import EVENT_WITHIN_DB
+from splat.modes import MODES, STRING
 from splat.optim import Adam, warmup_cosine
 from splat.params import (
     FIELDS,
@@ -101,6 +102,17 @@ LAST_START_DURATION_S = 2.0
 RESEED_AT = (0.2, 0.4)
 #: Atoms whose onsets are closer than this (s) count as starting together.
 _SAME_ONSET_S = 0.05
+#: Fractions of the iterations after which the events' partial series are chosen (`choose_series`; fast
+#: engine only): every event-level atom tries each other series, and one that starts with a louder atom is
+#: tried absorbed by it as a membrane or a bar (one drum hit that several harmonic atoms each held in part).
+SERIES_AT = (0.4, 0.5, 0.75, 1.0)
+#: Series an atom may take when it absorbs another that starts with it: inharmonic modes. Never a
+#: string, so the notes of a chord stay apart.
+STRIKE_MODES = ("membrane", "bar")
+#: Within one round of `choose_series`, changes whose atoms all start this far apart (s) are made together.
+_INDEPENDENT_S = 0.1
+#: Most rounds of `choose_series` at one point of the fit.
+_SERIES_ROUNDS = 4
 #: Intervals (semitones) of partials 3-8 above a fundamental: where a note can hide.
 _HIDING_INTERVALS = 12.0 * np.log2(np.arange(3, 9))
 #: Two atoms of the same pitch (within `DUPLICATE_CENTS`) that start less than this
@@ -159,6 +171,9 @@ class FitConfig:
             rendered audio's real STFT distance, with the noise seeds fixed and the fields
             in `POLISH_FIXED` held). Fast engine only.
         perceptual_weight: Weight of the loss's ERB-band term (`splat.loss.SpectralTarget`).
+        modes: Partial series (`splat.modes.MODES`) the fit may give an atom. Atoms start as strings;
+            with others allowed, the fit tries them on every event at `SERIES_AT` (fast engine only).
+            ("string",) keeps every atom harmonic.
     """
 
     n_atoms: int = 64
@@ -182,6 +197,7 @@ class FitConfig:
     room: bool = False
     polish_iters: int = 0
     perceptual_weight: float = 0.0
+    modes: tuple[str, ...] = MODES
 
     def validate(self) -> None:
         """Raises:
@@ -191,6 +207,10 @@ class FitConfig:
             (self.n_atoms >= 1, f"n_atoms={self.n_atoms} must be at least 1"),
             (self.n_iters >= 0, f"n_iters={self.n_iters} must be at least 0"),
             (self.init in INITS, f"init={self.init!r} must be one of {', '.join(INITS)}"),
+            (
+                not isinstance(self.modes, str) and "string" in self.modes and set(self.modes) <= set(MODES),
+                f"modes={self.modes!r} must be a tuple of some of {', '.join(MODES)}, string among them",
+            ),
             (0 < self.lr <= 1, f"lr={self.lr} must be in (0, 1]"),
             (self.engine in ENGINES, f"engine={self.engine!r} must be one of {', '.join(ENGINES)}"),
             (self.envelope in ENVELOPES, f"envelope={self.envelope!r} must be one of {', '.join(ENVELOPES)}"),
@@ -371,6 +391,7 @@ def fit(
     # The room once the first chunk has fitted it, and how what sounded so far rings on in it.
     room: Room | None = None
     room_states: list[Tensor] | None = None
+    previous_modes: Tensor | None = None
     if resume is not None:
         if resume.n_chunks != len(chunks):
             raise ParameterError(f"cannot resume: the state has {resume.n_chunks} chunks, this fit {len(chunks)}")
@@ -379,6 +400,7 @@ def fit(
         previous = resume.background(device)
         room = resume.room
         room_states = None if resume.room_states is None else [s.to(device) for s in resume.room_states]
+        previous_modes = None if resume.tail_modes is None else resume.tail_modes.to(device)
     for c, segments in enumerate(chunks):
         if resume is not None and c < resume.n_done:
             continue
@@ -391,6 +413,7 @@ def fit(
             config,
             rng,
             previous,
+            previous_modes,
             (atoms, floors),
             proposals,
             (room, room_states),
@@ -399,7 +422,7 @@ def fit(
             callback=callback,
         )
         losses.append(chunk.history)
-        atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate))
+        atoms.extend(_export(chunk.params, chunk.seeds, bounds, duration_s=n / sample_rate, modes=chunk.modes))
         floors.extend(_export_floor(chunk, region, n, sample_rate))
         if room is None and chunk.room is not None:
             room = chunk.room.export()
@@ -408,6 +431,7 @@ def fit(
         last_segment = AtomParams(**{k: v[-1:] for k, v in vars(chunk.params).items()})
         last_floor = None if chunk.floor_db is None else chunk.floor_db[-1:]
         previous = (last_segment, last_floor, torch.tensor(region.segment_starts[-1:], device=device))
+        previous_modes = chunk.modes[-1:]
         if checkpoint is not None and c < len(chunks) - 1:
             checkpoint(
                 FitState(
@@ -422,6 +446,7 @@ def fit(
                     tail_start=region.segment_starts[-1],
                     room=room,
                     room_states=None if room_states is None else tuple(room_states),
+                    tail_modes=previous_modes,
                 )
             )
 
@@ -632,6 +657,7 @@ class _ChunkFit:
         floor_db: Noise-floor band levels, shape (segments, bands), or None (no floor).
         floor_seeds: The floors' noise seeds, shape (segments,), or None.
         history: The distance after every step.
+        modes: The atoms' partial series, indices into `MODES`, shape (segments, atoms).
         room: The room as the chunk ended (its `states` at the next chunk's start), or None.
     """
 
@@ -640,6 +666,7 @@ class _ChunkFit:
     floor_db: Tensor | None
     floor_seeds: Tensor | None
     history: list[float]
+    modes: Tensor
     room: _RoomFit | None = None
 
 
@@ -735,6 +762,7 @@ def _fit_chunk(
     config: FitConfig,
     rng: np.random.Generator,
     previous: tuple[AtomParams, Tensor | None, Tensor] | None,
+    previous_modes: Tensor | None,
     so_far: tuple[list[Atom], list[FloorSegment]],
     proposals: Proposals | None,
     room_so_far: tuple[Room | None, list[Tensor] | None],
@@ -769,6 +797,8 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
+    # Every atom starts as a string; `choose_series` tries the others on the events.
+    modes = torch.full(raw0.shape[:2], STRING, dtype=torch.int64, device=device)
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:
@@ -788,6 +818,7 @@ def _fit_chunk(
             background=previous,
             room_states=None if room_fit is None else room_fit.states,
             perceptual_weight=config.perceptual_weight,
+            background_modes=previous_modes,
         )
     else:
         engine = ReferenceEngine(
@@ -809,19 +840,22 @@ def _fit_chunk(
         active = torch.from_numpy(starting.placed).to(device)
     prune_steps = {max(1, round(f * config.n_iters)) for f in PRUNE_AT}
     reseed_steps = {max(1, round(f * config.n_iters)) for f in RESEED_AT}
+    allowed = tuple(MODES.index(name) for name in config.modes)
+    series_steps = {max(1, round(f * config.n_iters)) for f in SERIES_AT} if len(allowed) > 1 else set()
     history: list[float] = []
     for step in range(1, config.n_iters + 1):
         raw = raw0 + step_scale * shift
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
-            lead, rest = _split_by_gain(params)
-            distance, lead_distance = engine.lead_distances(lead, rest, floor_db, room_now())
+            lead, rest, lead_modes, rest_modes = _split_by_gain(params, modes)
+            distance, lead_distance = engine.lead_distances(
+                lead, rest, floor_db, room_now(), modes=(lead_modes, rest_modes)
+            )
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params, floor_db, room_now())
-        # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
-        weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
+            distance = fit_term = engine(params, floor_db, room_now(), modes=modes)
+        weight = _sparsity_weight(step, config)
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
         # a steady downward pull that only atoms the loss needs can resist.
         level = (params.gain_db - bounds.gain_db.lo) / (bounds.gain_db.hi - bounds.gain_db.lo)
@@ -834,7 +868,7 @@ def _fit_chunk(
             with torch.no_grad():
                 raw = raw0 + step_scale * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current, floor_levels(), room_now())
+                model_powers = engine.model_powers(current, floor_levels(), room_now(), modes=modes)
                 restart = residual_restarts(
                     current,
                     active,
@@ -850,6 +884,7 @@ def _fit_chunk(
                     replaced, new_raw = restart
                     new_raw = to_raw(new_raw, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     raw0 = torch.where(replaced.unsqueeze(-1), new_raw, raw0)
+                    modes.masked_fill_(replaced, STRING)  # a restart is a hidden note: a string
                     shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
                     optimiser.forget(0, replaced.unsqueeze(-1))
         if step in prune_steps:
@@ -868,9 +903,21 @@ def _fit_chunk(
                 # the remaining steps cost in proportion to the atoms still active.
                 keep = _active_first(active)
                 raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
+                modes = _take(modes, keep)
                 shift = _take(shift.detach(), keep).requires_grad_(True)
                 moments = optimiser.moments[0]
                 optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
+        if step in series_steps and isinstance(engine, FastEngine):
+            with torch.no_grad():
+                current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                per_level = _sparsity_weight(step, config) / active.shape[0]
+                choice = choose_series(
+                    engine, current, floor_levels(), modes, active, allowed, per_level, bounds, room=room_now()
+                )
+                modes, active = choice.modes, choice.active
+                if choice.changed.any():
+                    merged = to_raw(choice.params, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    raw0 = torch.where(choice.changed.unsqueeze(-1), merged - step_scale * shift.detach(), raw0)
         if callback is not None:
             callback(
                 FitProgress(
@@ -900,7 +947,18 @@ def _fit_chunk(
 
         room = None if room_fit is None else RoomParams(*(v.detach() for v in vars(room_fit.params()).values()))
         polish = _polish(
-            polish_engine, raw, active, seeds, step_scale, noise_floor, bounds, config, room, t0_s=t0_s, span_s=span_s
+            polish_engine,
+            raw,
+            active,
+            seeds,
+            modes,
+            step_scale,
+            noise_floor,
+            bounds,
+            config,
+            room,
+            t0_s=t0_s,
+            span_s=span_s,
         )
         for step, distance in polish:
             history.append(distance)
@@ -923,9 +981,9 @@ def _fit_chunk(
             room_fit.states = None
             if isinstance(engine, FastEngine) and chunk < n_chunks - 1:
                 n_carried = len(region.segment_starts) * region.n_segment
-                room_fit.states = engine.room_states_at(n_carried, final, final_floor, room_fit.params())
+                room_fit.states = engine.room_states_at(n_carried, final, final_floor, room_fit.params(), modes=modes)
     final_seeds = None if noise_floor is None else noise_floor.seeds
-    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, room_fit)
+    return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, modes, room_fit)
 
 
 def _polish(
@@ -933,6 +991,7 @@ def _polish(
     raw: Tensor,
     active: Tensor,
     seeds: Tensor,
+    modes: Tensor,
     step_scale: Tensor,
     noise_floor: _FloorFit | None,
     bounds: Bounds,
@@ -957,6 +1016,7 @@ def _polish(
         raw: Raw parameters, shape (segments, atoms, fields); the active atoms' are updated.
         active: Shape (segments, atoms), bool.
         seeds: The atoms' noise seeds, shape (segments, atoms), on the CPU.
+        modes: Their partial series (indices into `MODES`), shape (segments, atoms).
         step_scale: Step size of each field, shape (fields,) (`FIELD_STEP`).
         noise_floor: The chunk's noise floor (its levels are polished too), or None.
         bounds: Physical ranges.
@@ -973,6 +1033,7 @@ def _polish(
     rows, cols = rows[order], cols[order]
     engine = engine_for(seeds[rows.cpu(), cols.cpu()].unsqueeze(0))
     base = raw[rows, cols].unsqueeze(0)  # (1, active atoms, fields)
+    atom_modes = modes[rows, cols].unsqueeze(0)
     atom_t0, atom_span = t0_s[rows].T, span_s[rows].T  # (1, active atoms)
     moving = step_scale * torch.tensor([name not in POLISH_FIXED for name in FIELDS], device=raw.device)
     shift = torch.zeros_like(base, requires_grad=True)
@@ -981,7 +1042,7 @@ def _polish(
     n_segments = active.shape[0]
     for step in range(1, config.polish_iters + 1):
         params = to_physical(base + moving * shift, bounds=bounds, t0_s=atom_t0, span_s=atom_span)
-        distance = engine(params, None if noise_floor is None else noise_floor.levels_db(), room)
+        distance = engine(params, None if noise_floor is None else noise_floor.levels_db(), room, modes=atom_modes)
         level = (params.gain_db - bounds.gain_db.lo) / gain_range
         objective = distance + config.sparsity * level.sum() / n_segments
         optimiser.zero_grad()
@@ -1056,6 +1117,218 @@ def context_background(
             start_s, end_s, seed = segment.start_s, segment.end_s, segment.noise_seed
             add(*synth.render_floor_segment(level_db, start_s, end_s, seed, sample_rate=sr, n_file=n_file))
     return out.float().to(device)
+
+
+def _sparsity_weight(step: int, config: FitConfig) -> float:
+    """Weight of the gain penalty at a step: off for the first 20 % of steps, then ramped to full by 70 %."""
+    return config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
+
+
+@dataclass(frozen=True)
+class SeriesChoice:
+    """Atoms after `choose_series`, shapes (segments, atoms).
+
+    Attributes:
+        params: The atoms; one that absorbed another has the sum of both powers and flatter rolloffs.
+        modes: Series, indices into `MODES`.
+        active: Atoms still sounding (the absorbed ones are not).
+        changed: Atoms whose parameters (not only their series) changed.
+    """
+
+    params: AtomParams
+    modes: Tensor
+    active: Tensor
+    changed: Tensor
+
+
+@dataclass(frozen=True)
+class _Change:
+    """A candidate step of `choose_series`: in one segment, atom `atoms[0]` takes series `mode`
+    and absorbs atom `atoms[1]` (none if both are the same atom)."""
+
+    segment: int
+    atoms: tuple[int, int]
+    mode: int
+
+    @property
+    def absorbs(self) -> bool:
+        return self.atoms[0] != self.atoms[1]
+
+
+def choose_series(
+    engine: FastEngine,
+    params: AtomParams,
+    floor_db: Tensor | None,
+    modes: Tensor,
+    active: Tensor,
+    allowed: tuple[int, ...],
+    per_level: float,
+    bounds: Bounds,
+    *,
+    room: RoomParams | None = None,
+) -> SeriesChoice:
+    """Discrete steps on the series of the events: each atom's, and whether simultaneous atoms are one strike.
+
+    The series is not differentiable, so it is chosen by trying. The candidates are,
+    for every event-level active atom (within `EVENT_WITHIN_DB` of the loudest): each
+    other allowed series; and, if it starts within `_SAME_ONSET_S` of a louder atom,
+    being absorbed by the loudest such one as a membrane or a bar (`STRIKE_MODES`;
+    see `_candidate_atoms` for the absorbing atom's new power and rolloffs). Each
+    candidate's objective (distance plus the gain penalty, `per_level` per unit of
+    level share) is estimated alone (`FastEngine.replacement_distances`); the best
+    improving ones whose atoms start `_INDEPENDENT_S` apart from each other's are
+    made together if the objective itself (one evaluation) says they improve it, else
+    the best one alone if it does, else none; then the candidates are formed again,
+    for up to `_SERIES_ROUNDS` rounds: after all the picked changes were made, only
+    around them (the events starting within `_INDEPENDENT_S` of their atoms: every
+    other candidate was estimated not to improve, and is as it was).
+
+    Args:
+        engine: The chunk's fast engine.
+        params: Current atoms (unmasked), shape (segments, atoms).
+        floor_db: Noise-floor levels, shape (segments, bands), or None.
+        modes: Their series, indices into `MODES`, shape (segments, atoms).
+        active: Shape (segments, atoms), bool.
+        allowed: Series the atoms may take (indices into `MODES`).
+        per_level: Penalty per unit of an atom's level share (gain above the floor of its range, 0..1).
+        bounds: Physical ranges.
+        room: The file's room now, or None. The estimates leave it out (they rank the
+            candidates); the objective that decides includes it.
+    """
+    state = (params, modes, active)
+    changed = torch.zeros_like(active)
+    strikes = tuple(m for m in allowed if MODES[m] in STRIKE_MODES)
+    around: list[float] | None = None  # onsets near which to look again (None: everywhere)
+    for _ in range(_SERIES_ROUNDS):
+        current = _masked(state[0], state[2])
+        changes = _series_candidates(current, state[1], state[2], allowed, strikes, around)
+        if not changes:
+            break
+        segments, atoms, signs, atom_modes, penalties = _candidate_atoms(current, state[1], changes, per_level, bounds)
+        now, distances = engine.replacement_distances(
+            current, floor_db, state[1], segments=segments, atoms=atoms, signs=signs, atom_modes=atom_modes
+        )
+        picked = _independent(changes, (distances - now + penalties).tolist(), params.time_s)
+        if not picked:
+            break
+        # The estimates rank the candidates; the objective itself decides.
+        base = float(engine(current, floor_db, room, modes=state[1]))
+        for chosen in (picked, picked[:1]) if len(picked) > 1 else (picked,):
+            trial = _apply(chosen, changes, atoms, *state)
+            distance = float(engine(_masked(trial[0], trial[2]), floor_db, room, modes=trial[1]))
+            if distance - base + float(penalties[chosen].sum()) < 0.0:
+                break
+        else:
+            break
+        state = trial
+        for i in chosen:
+            changed[changes[i].segment, changes[i].atoms[0]] |= changes[i].absorbs
+        around = [float(params.time_s[changes[i].segment, a]) for i in chosen for a in changes[i].atoms]
+        if len(chosen) < len(picked):
+            around = None  # some improving candidates elsewhere were left out: look at all again
+    return SeriesChoice(*state, changed)
+
+
+def _series_candidates(
+    params: AtomParams,
+    modes: Tensor,
+    active: Tensor,
+    allowed: tuple[int, ...],
+    strikes: tuple[int, ...],
+    around: list[float] | None = None,
+) -> list[_Change]:
+    """The candidate changes of `choose_series` (params muted where inactive), of the events
+    starting within `_INDEPENDENT_S` of a time in `around` (all events if None)."""
+    gain_db = torch.where(active, params.gain_db, -math.inf)
+    events = active & (gain_db >= gain_db.max() - EVENT_WITHIN_DB)
+    if around is not None:
+        times = torch.tensor(around, dtype=params.time_s.dtype, device=params.time_s.device)
+        events &= ((params.time_s.unsqueeze(-1) - times).abs() < _INDEPENDENT_S).any(-1)
+    changes = []
+    for s, j in torch.nonzero(events).tolist():
+        changes += [_Change(s, (j, j), m) for m in allowed if m != int(modes[s, j])]
+        together = active[s] & ((params.time_s[s] - params.time_s[s, j]).abs() < _SAME_ONSET_S)
+        louder = together & (gain_db[s] > gain_db[s, j])
+        if strikes and louder.any():
+            partner = int(torch.where(louder, gain_db[s], -math.inf).argmax())
+            changes += [_Change(s, (partner, j), m) for m in strikes]
+    return changes
+
+
+def _candidate_atoms(
+    params: AtomParams, modes: Tensor, changes: list[_Change], per_level: float, bounds: Bounds
+) -> tuple[Tensor, AtomParams, Tensor, Tensor, Tensor]:
+    """Each change as signed atoms (`FastEngine.replacement_distances`), shape (changes, 3).
+
+    The atoms are the changed atom as it is (sign -1), as it would be (+1) and the absorbed
+    atom (-1; sign 0 if none). An atom that absorbs another takes the sum of both powers and
+    keeps its first partial's: the absorbed power goes to its upper partials (the other modes
+    of the strike), so each part's rolloff is flattened to keep the first partial's share of
+    the merged power what it was, 1 - rho' = (1 - rho) P_a / (P_a + P_b) (rho: the power ratio
+    of neighbouring partials, as for many partials).
+
+    Returns:
+        The segments, the atoms, their signs and series, and each change's change of the gain penalty.
+    """
+    device = modes.device
+    segments = torch.tensor([c.segment for c in changes], device=device)
+    index = torch.tensor([(c.atoms[0], c.atoms[0], c.atoms[1]) for c in changes], device=device)
+    rows = segments.unsqueeze(-1)
+    atoms = AtomParams(**{name: getattr(params, name)[rows, index] for name in FIELDS})
+    gains = atoms.gain_db
+    absorbs = index[:, 0] != index[:, 2]
+    merged = 10.0 * torch.log10(torch.pow(10.0, gains[:, 0] / 10.0) + torch.pow(10.0, gains[:, 2] / 10.0))
+    merged = merged.clamp(max=bounds.gain_db.hi)
+    kept = torch.pow(10.0, (gains[:, 0] - merged) / 10.0)  # the absorbing atom's share of the merged power
+    new = {"gain_db": merged}
+    for name in ("rolloff_db", "short_rolloff_db"):
+        rho = torch.pow(10.0, -getattr(atoms, name)[:, 0] / 10.0)
+        flatter = -10.0 * torch.log10(1.0 - (1.0 - rho) * kept)
+        new[name] = flatter.clamp(bounds.range_of(name).lo, bounds.range_of(name).hi)
+    columns = {}
+    for name, value in new.items():
+        column = getattr(atoms, name).clone()
+        column[:, 1] = torch.where(absorbs, value, column[:, 1])
+        columns[name] = column
+    atoms = replace(atoms, **columns)
+    signs = torch.stack([-torch.ones_like(index[:, 0]), torch.ones_like(index[:, 0]), -absorbs.long()], dim=1)
+    atom_modes = modes[rows, index]
+    atom_modes[:, 1] = torch.tensor([c.mode for c in changes], device=device)
+    # Level shares: (gain - lo) / span; an absorbed atom's share goes, the absorbing one's grows.
+    span = bounds.gain_db.hi - bounds.gain_db.lo
+    level_change = torch.where(absorbs, (merged - gains[:, 0] - gains[:, 2] + bounds.gain_db.lo) / span, 0.0)
+    return segments, atoms, signs, atom_modes, (per_level * level_change).double()
+
+
+def _independent(changes: list[_Change], gains: list[float], time_s: Tensor) -> list[int]:
+    """Improving changes (objective change < 0), best first, whose atoms start `_INDEPENDENT_S` from the others'."""
+    picked: list[int] = []
+    taken: list[float] = []
+    for i in sorted(range(len(changes)), key=lambda k: gains[k]):
+        if gains[i] >= 0.0:
+            break
+        times = [float(time_s[changes[i].segment, a]) for a in changes[i].atoms]
+        if all(abs(t - u) >= _INDEPENDENT_S for t in times for u in taken):
+            picked.append(i)
+            taken += times
+    return picked
+
+
+def _apply(
+    picked: list[int], changes: list[_Change], atoms: AtomParams, params: AtomParams, modes: Tensor, active: Tensor
+) -> tuple[AtomParams, Tensor, Tensor]:
+    """Copies of (params, modes, active) with the picked changes made (`atoms` from `_candidate_atoms`)."""
+    values = {name: getattr(params, name).clone() for name in FIELDS}
+    modes, active = modes.clone(), active.clone()
+    for i in picked:
+        change = changes[i]
+        s, (a, b) = change.segment, change.atoms
+        modes[s, a] = change.mode
+        if change.absorbs:
+            for name in FIELDS:
+                values[name][s, a] = getattr(atoms, name)[i, 1]
+            active[s, b] = False
+    return AtomParams(**values), modes, active
 
 
 def residual_restarts(
@@ -1198,12 +1471,18 @@ def _merged_gains(gain_db: Tensor, flagged: Tensor, partner: Tensor) -> Tensor:
     return merged.reshape(gain_db.shape)
 
 
-def _split_by_gain(params: AtomParams) -> tuple[AtomParams, AtomParams]:
-    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2))."""
+def _split_by_gain(params: AtomParams, modes: Tensor) -> tuple[AtomParams, AtomParams, Tensor, Tensor]:
+    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2)).
+
+    Returns:
+        The lead and the rest, then their series (`modes`, shape (segments, atoms), split alike).
+    """
     order = torch.argsort(params.gain_db.detach(), dim=1, descending=True)
     ranked = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    ranked_modes = torch.gather(modes, 1, order)
     n_lead = (params.time_s.shape[1] + 1) // 2
-    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
+    lead_modes, rest_modes = ranked_modes[:, :n_lead], ranked_modes[:, n_lead:]
+    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None)), lead_modes, rest_modes
 
 
 def _active_first(active: Tensor) -> Tensor:
@@ -1229,8 +1508,13 @@ def _masked(params: AtomParams, active: Tensor) -> AtomParams:
     return replace(params, gain_db=torch.where(active, params.gain_db, torch.full_like(params.gain_db, MUTED_DB)))
 
 
-def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: float) -> list[Atom]:
-    """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges."""
+def _export(
+    params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: float, modes: Tensor | None = None
+) -> list[Atom]:
+    """Active atoms (seed >= 0) as `Atom` records, clamped onto their valid ranges.
+
+    `modes` holds their partial series (indices into `MODES`, shape (segments, atoms)); None: strings.
+    """
     values = params.stack().detach().double().cpu().numpy()
     out = []
     for s, a in zip(*np.nonzero(seeds.numpy() >= 0), strict=True):
@@ -1238,7 +1522,8 @@ def _export(params: AtomParams, seeds: Tensor, bounds: Bounds, *, duration_s: fl
         for i, name in enumerate(FIELDS):
             lo, hi = (0.0, duration_s) if name == "time_s" else (bounds.range_of(name).lo, bounds.range_of(name).hi)
             record[name] = float(np.clip(values[s, a, i], lo, hi))
-        out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a])))
+        series = MODES[STRING if modes is None else int(modes[s, a])]
+        out.append(Atom(**_short_part_second(record), noise_seed=int(seeds[s, a]), modes=series))
     return out
 
 

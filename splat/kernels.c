@@ -199,6 +199,66 @@ double band_distance(const void *power, const void *noise, const int64_t *start,
     return total;
 }
 
+/* splat.loss.changed_error_sums: the two error sums of splat.loss.error_sums over a window, for each of
+ * many candidate changes, without forming the changed spectrograms. Candidate c's powers are
+ *     tonal + sum_r ft[c, f, r] st[c, r, b],    noise + sum_r fn[c, f, r] sn[c, r, b]
+ * (a few atoms' frame powers times their spectra, signed: an atom added or removed), floored
+ * as the distance floors them. tonal, noise, mag, logmag: (frames, bins); ft: (candidates,
+ * frames, rt), st: (candidates, rt, bins), fn and sn alike with rn (at most MAX_RANK each);
+ * unchanged: (frames, 2), each frame's two sums as it is, taken where a candidate's factors
+ * are all 0 in that frame (before its atoms start); out: (candidates, 2). Terms whose factor
+ * is 0 in a frame are skipped there. scratch: 2 n_bins floats per thread. */
+#define MAX_RANK 16
+void changed_error_sums(const float *tonal, const float *noise, const float *mag, const float *logmag,
+                        int64_t n_frames, int64_t n_bins, int64_t n_candidates, const float *ft, const float *st,
+                        int64_t rt, const float *fn, const float *sn, int64_t rn, float floor_power, float a,
+                        float b, const double *unchanged, double *out, float *scratch) {
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t c = 0; c < n_candidates; c++) {
+        /* This thread's rows of changes of the powers. */
+        float *p = scratch + 2 * n_bins * thread_index(), *z = p + n_bins;
+        double sum_sq = 0.0, sum_abs = 0.0;
+        for (int64_t f = 0; f < n_frames; f++) {
+            const float *wt = ft + (c * n_frames + f) * rt, *wn = fn + (c * n_frames + f) * rn;
+            int changed = 0;
+            for (int64_t r = 0; r < rt; r++) changed |= wt[r] != 0.0f;
+            for (int64_t r = 0; r < rn; r++) changed |= wn[r] != 0.0f;
+            if (!changed) {
+                sum_sq += unchanged[2 * f], sum_abs += unchanged[2 * f + 1];
+                continue;
+            }
+            /* The change first, then the powers: where the atoms taken out held all of a cell's
+             * power, their terms cancel exactly and the remainder is the other atoms' (or 0), not
+             * the rounding of the cell's sum. */
+            const int64_t row = f * n_bins;
+            memset(p, 0, n_bins * sizeof *p);
+            memset(z, 0, n_bins * sizeof *z);
+            for (int64_t r = 0; r < rt; r++) {
+                const float w = wt[r], *spectrum = st + (c * rt + r) * n_bins;
+                if (w == 0.0f) continue;
+#pragma omp simd
+                for (int64_t k = 0; k < n_bins; k++) p[k] += w * spectrum[k];
+            }
+            for (int64_t r = 0; r < rn; r++) {
+                const float w = wn[r], *spectrum = sn + (c * rn + r) * n_bins;
+                if (w == 0.0f) continue;
+#pragma omp simd
+                for (int64_t k = 0; k < n_bins; k++) z[k] += w * spectrum[k];
+            }
+            float row_sq = 0.0f, row_abs = 0.0f;
+#pragma omp simd reduction(+ : row_sq, row_abs)
+            for (int64_t k = 0; k < n_bins; k++) {
+                const float power = tonal[row + k] + p[k], noisy = noise[row + k] + z[k];
+                const float model = sqrtf(fmaxf(power + a * noisy, floor_power)), diff = model - mag[row + k];
+                row_sq += diff * diff;
+                row_abs += fabsf(logmag[row + k] - 0.5f * logf(fmaxf(power + b * noisy, floor_power)));
+            }
+            sum_sq += (double)row_sq, sum_abs += (double)row_abs;
+        }
+        out[2 * c] = sum_sq, out[2 * c + 1] = sum_abs;
+    }
+}
+
 /* Rows advanced together in a recursion: independent chains the CPU overlaps (one row
  * at a time waits on each multiply-add's latency). */
 #define LANES 16
@@ -595,10 +655,12 @@ void noise_spectra_backward(const void **grads, const float *centre_hz, const fl
 /* splat.spectral.resonance_spectra: each resonance part's share of every bin, per resolution.
  *
  * fields: (PARTIAL_FIELDS, atoms). For partial k = 1..K (K audible: below Nyquist, at most
- * n_partials) at f_k = k f0 sqrt(1 + B k^2) with formant gain g_k (splat.dsp.formant_gains)
+ * n_partials) at f_k = r_k f0 sqrt(1 + B r_k^2) with formant gain g_k (splat.dsp.formant_gains)
  * and part p's weight w_pk = rho_p^(k - 1) g_k / sum_j rho_p^(j - 1) g_j (splat.dsp.partial_weights),
  * the 2 reach bins around f_k / h_r get w_pk times the Hann power kernel
- * (splat.dsp.hann_power_taps); splats off either end of the bins are dropped.
+ * (splat.dsp.hann_power_taps); splats off either end of the bins are dropped. r_k is the atom's
+ * row of ratios: (series, n_partials), increasing along each row (splat.modes.ratio_table), row
+ * modes[i] for atom i, or row 0 (a string's r_k = k) for every atom if modes is NULL.
  * out[r]: (segments, 2 per_segment, n_bins[r]): each segment's bodies, then its short parts; float32,
  * or bfloat16 (bf16), then summed in scratch (2 x scratch_bins floats per thread, scratch_bins >= every
  * n_bins[r]) and rounded. */
@@ -612,28 +674,32 @@ enum { PARTIAL_F0, PARTIAL_INHARMONICITY, PARTIAL_ROLLOFF, PARTIAL_SHORT_ROLLOFF
 
 typedef struct {
     int64_t n_active;
+    const float *ratio; /* r_k of partial k = j + 1 at ratio[j] */
     float freq[MAX_PARTIALS], formant_exp[MAX_PARTIALS], geometric[2][MAX_PARTIALS], weight[2][MAX_PARTIALS];
     float gain[MAX_PARTIALS], total[2], boost;
 } Partials;
 
 static void partials(const float *fields, int64_t n_atoms, int64_t i, int64_t n_partials, float nyquist,
-                     Partials *p) {
+                     const float *ratios, const int64_t *modes, Partials *p) {
     const float *f = fields + i;
 #define F(name) f[(name) * n_atoms]
     const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY);
-    /* The real k at Nyquist (splat.dsp.partial_index), minus 1e-6, floored. */
-    const float ratio = nyquist / f0;
-    const float k_max = sqrtf(2.0f * ratio * ratio / (1.0f + sqrtf(1.0f + 4.0f * b * ratio * ratio)));
-    const float n_active = fminf(fmaxf(floorf(k_max - 1e-6f), 0.0f), (float)n_partials);
-    p->n_active = (int64_t)n_active;
+    /* The partials whose ratio is at most the real ratio at Nyquist (splat.dsp.partial_index) minus 1e-6. */
+    const float x = nyquist / f0;
+    const float r_max = sqrtf(2.0f * x * x / (1.0f + sqrtf(1.0f + 4.0f * b * x * x))) - 1e-6f;
+    const float *restrict ratio = ratios + (modes ? modes[i] : 0) * n_partials;
+    int64_t n_active = 0;
+    while (n_active < n_partials && ratio[n_active] <= r_max) n_active++;
+    p->ratio = ratio, p->n_active = n_active;
     p->boost = expm1f(F(PARTIAL_FORMANT_DB) * (float)(LN_10 / 10.0));
     const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
                               -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+    const float formant_hz = F(PARTIAL_FORMANT_HZ);
     p->total[0] = p->total[1] = 0.0f;
-    for (int64_t j = 0; j < p->n_active; j++) {
-        const float k = (float)(j + 1);
-        p->freq[j] = k * f0 * sqrtf(1.0f + b * k * k);
-        const float z = log2f(p->freq[j] / F(PARTIAL_FORMANT_HZ)) * (float)FORMANT_Z_PER_LOG2;
+    for (int64_t j = 0; j < n_active; j++) {
+        const float k = (float)(j + 1), r = ratio[j];
+        p->freq[j] = r * f0 * sqrtf(1.0f + b * r * r);
+        const float z = log2f(p->freq[j] / formant_hz) * (float)FORMANT_Z_PER_LOG2;
         p->formant_exp[j] = expf(-0.5f * z * z);
         p->gain[j] = 1.0f + p->boost * p->formant_exp[j];
         for (int part = 0; part < 2; part++) {
@@ -685,14 +751,15 @@ static inline int64_t part_row(int64_t i, int64_t per_segment, int part) {
 }
 
 void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment, int64_t n_partials,
-                       float nyquist, const float *bin_hz, const int64_t *n_bins, int64_t n_res, int64_t reach,
-                       void **out, int bf16, float *scratch, int64_t scratch_bins) {
+                       float nyquist, const float *ratios, const int64_t *modes, const float *bin_hz,
+                       const int64_t *n_bins, int64_t n_res, int64_t reach, void **out, int bf16, float *scratch,
+                       int64_t scratch_bins) {
     const int64_t size = bf16 ? 2 : 4;
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
         Taps taps;
-        partials(fields, n_atoms, i, n_partials, nyquist, &p);
+        partials(fields, n_atoms, i, n_partials, nyquist, ratios, modes, &p);
         for (int64_t r = 0; r < n_res; r++) {
             char *row[2] = {(char *)out[r] + part_row(i, per_segment, 0) * n_bins[r] * size,
                             (char *)out[r] + part_row(i, per_segment, 1) * n_bins[r] * size};
@@ -719,14 +786,15 @@ void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment
 
 /* Its gradient: grads laid out as out, in its precision -> grad_fields (PARTIAL_FIELDS, atoms). */
 void resonance_spectra_backward(const void **grads, const float *fields, int64_t n_atoms, int64_t per_segment,
-                                int64_t n_partials, float nyquist, const float *bin_hz, const int64_t *n_bins,
-                                int64_t n_res, int64_t reach, float *grad_fields, int bf16) {
+                                int64_t n_partials, float nyquist, const float *ratios, const int64_t *modes,
+                                const float *bin_hz, const int64_t *n_bins, int64_t n_res, int64_t reach,
+                                float *grad_fields, int bf16) {
 #pragma omp parallel for schedule(static)
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
         Taps taps;
         float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], d_gain[MAX_PARTIALS];
-        partials(fields, n_atoms, i, n_partials, nyquist, &p);
+        partials(fields, n_atoms, i, n_partials, nyquist, ratios, modes, &p);
         for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = d_gain[j] = 0.0f;
         for (int64_t r = 0; r < n_res; r++) {
             const int64_t rows[2] = {part_row(i, per_segment, 0) * n_bins[r], part_row(i, per_segment, 1) * n_bins[r]};
@@ -769,7 +837,7 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
             }
         }
         for (int64_t j = 0; j < p.n_active; j++) {
-            const float k = (float)(j + 1), freq = p.freq[j];
+            const float r = p.ratio[j], freq = p.freq[j];
             const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
             d_boost += d_gain[j] * p.formant_exp[j];
             /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
@@ -777,7 +845,7 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
             d_freq[j] += d_log_ratio / freq;
             d_formant_hz -= d_log_ratio / formant_hz;
             d_f0 += d_freq[j] * freq / f0;
-            d_b += d_freq[j] * freq * k * k / (2.0f * (1.0f + b * k * k));
+            d_b += d_freq[j] * freq * r * r / (2.0f * (1.0f + b * r * r));
         }
         G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
         G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);

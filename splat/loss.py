@@ -390,6 +390,87 @@ def _native_distance(
     return value, grads[:1] if noise is None else grads
 
 
+def error_sums(power: Tensor, noise: Tensor, magnitude: Tensor, log_magnitude: Tensor) -> tuple[Tensor, Tensor]:
+    """The two sums behind one resolution's distance (`SpectralTarget.distance`), in float64.
+
+    Sum over the last two axes (frames, bins) of (X - Y)^2 and of |log Y - log Z|, with
+    X = sqrt(P + pi/4 N) and Z = sqrt(P + ln 2 N) as the distance forms them (powers
+    floored at POWER_FLOOR): the distance of this resolution is sqrt(first) / ||Y|| +
+    second / cells. A part of the frames gives that part's share of both sums.
+
+    Args:
+        power, noise: The model's partials' and noise's expected power, shape (..., frames, bins).
+        magnitude, log_magnitude: The target's magnitude Y and log Y, broadcasting with them.
+
+    Returns:
+        The two sums, each of the powers' leading shape (...).
+    """
+    model = torch.add(power, noise, alpha=NOISE_MEAN_MAGNITUDE_SQUARED).clamp_min(POWER_FLOOR).sqrt()
+    squares = (model - magnitude).square().sum((-2, -1), dtype=torch.float64)
+    log_model = 0.5 * torch.log(torch.add(power, noise, alpha=NOISE_MEDIAN_POWER).clamp_min(POWER_FLOOR))
+    return squares, (log_magnitude - log_model).abs().sum((-2, -1), dtype=torch.float64)
+
+
+def changed_error_sums(
+    tonal: Tensor,
+    noise: Tensor,
+    magnitude: Tensor,
+    log_magnitude: Tensor,
+    tonal_change: tuple[Tensor, Tensor],
+    noise_change: tuple[Tensor, Tensor],
+) -> Tensor:
+    """`error_sums` of many candidate changes of the model's powers, each a sum of a few separable terms.
+
+    Candidate c's powers are tonal + F_t[c] @ S_t[c] and noise + F_n[c] @ S_n[c]: frame
+    powers times spectra of a few atoms (signed: added or removed), as the fast engine
+    forms them. On the CPU in float32 one native loop per candidate forms each changed
+    cell on the fly and takes the frames its terms leave alone as they are (`splat.native`);
+    elsewhere the changed spectrograms are formed.
+
+    Args:
+        tonal, noise: The current powers, shape (frames, bins).
+        magnitude, log_magnitude: The target's Y and log Y, shape (frames, bins).
+        tonal_change, noise_change: (F, S) of shapes (candidates, frames, rank) and
+            (candidates, rank, bins), rank at most 16.
+
+    Returns:
+        Each candidate's two sums, shape (candidates, 2), float64.
+    """
+    (frames_t, spectra_t), (frames_n, spectra_n) = tonal_change, noise_change
+    arrays = (tonal, noise, magnitude, log_magnitude, frames_t, spectra_t, frames_n, spectra_n)
+    if native.usable(*arrays):
+        tonal, noise, magnitude, log_magnitude, frames_t, spectra_t, frames_n, spectra_n = (
+            t.contiguous() for t in arrays
+        )
+        # Each frame's sums as it is, for the frames a candidate leaves alone.
+        unchanged = torch.stack(
+            error_sums(tonal.unsqueeze(1), noise.unsqueeze(1), magnitude.unsqueeze(1), log_magnitude.unsqueeze(1)),
+            dim=-1,
+        ).contiguous()
+        out = tonal.new_empty(frames_t.shape[0], 2, dtype=torch.float64)
+        scratch = tonal.new_empty(native.library().max_threads(), 2, tonal.shape[-1])
+        native.library().changed_error_sums(
+            *map(native.ptr, (tonal, noise, magnitude, log_magnitude)),
+            *tonal.shape,
+            frames_t.shape[0],
+            native.ptr(frames_t),
+            native.ptr(spectra_t),
+            frames_t.shape[-1],
+            native.ptr(frames_n),
+            native.ptr(spectra_n),
+            frames_n.shape[-1],
+            POWER_FLOOR,
+            NOISE_MEAN_MAGNITUDE_SQUARED,
+            NOISE_MEDIAN_POWER,
+            native.double_ptr(unchanged),
+            native.double_ptr(out),
+            native.ptr(scratch),
+        )
+        return out
+    changed = (tonal + frames_t @ spectra_t, noise + frames_n @ spectra_n)
+    return torch.stack(error_sums(*changed, magnitude, log_magnitude), dim=-1)
+
+
 def region_powers(audio: Tensor, start: int, n_region: int, resolutions: tuple[Resolution, ...]) -> list[Tensor]:
     """Power spectrograms of frames centred every hop in [start, start + n_region) of `audio`.
 

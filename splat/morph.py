@@ -5,7 +5,8 @@ on a cost that adds the squared onset distance in units of `ONSET_SCALE_S` and t
 squared pitch distance in units of `PITCH_SCALE_SEMITONES`; pairs costing more than
 `MAX_COST` are left unmatched. A matched pair is interpolated in a perceptual space:
 log-scale fields (frequencies, time constants; see `splat.params.Bounds`) along
-their logarithm, levels in dB relative to the original level, the rest linearly.
+their logarithm, levels in dB relative to the original level, the rest linearly;
+the categorical ones (noise seed, partial series `modes`) are the nearer atom's.
 Unmatched atoms fade by gain: A's by (1 - amount), B's by amount.
 """
 
@@ -26,6 +27,8 @@ ONSET_SCALE_S = 0.1
 PITCH_SCALE_SEMITONES = 2.0
 #: Pairs costing more are not matched (about 0.3 s apart, or 6 semitones, or a mix of both).
 MAX_COST = 9.0
+#: Atom fields that are not numbers on a scale: a morphed pair takes the nearer atom's.
+_CATEGORICAL = ("noise_seed", "modes")
 
 
 def match(a: AtomSet, b: AtomSet) -> list[tuple[int, int]]:
@@ -92,17 +95,19 @@ def morph(a: AtomSet, b: AtomSet, amount: float) -> AtomSet:
 
 
 def _interpolate(x: Atom, y: Atom, amount: float, bounds: Bounds) -> Atom:
-    """A pair's atom `amount` of the way from x to y: log-scale fields along their log, others linearly."""
-    values: dict[str, float | int] = {}
+    """A pair's atom `amount` of the way from x to y: log-scale fields along their log, others linearly,
+    categorical ones (`_CATEGORICAL`) from the nearer of the two."""
+    values: dict[str, float | int | str] = {}
     for f in fields(Atom):
         u, v = getattr(x, f.name), getattr(y, f.name)
-        if f.name == "noise_seed":
+        if f.name in _CATEGORICAL:
             values[f.name] = u if amount < 0.5 else v
-        elif f.name != "time_s" and bounds.range_of(f.name).log:
+            continue
+        if f.name != "time_s" and bounds.range_of(f.name).log:
             values[f.name] = math.exp((1 - amount) * math.log(u) + amount * math.log(v))
         else:
             values[f.name] = (1 - amount) * u + amount * v
-        if f.name not in ("noise_seed", "time_s"):
+        if f.name != "time_s":
             rng = bounds.range_of(f.name)  # rounding must not step outside the range
             values[f.name] = min(max(values[f.name], rng.lo), rng.hi)
     return Atom(**values)  # type: ignore[arg-type]

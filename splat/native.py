@@ -52,6 +52,7 @@ _FF = ctypes.POINTER(_F)
 _I = ctypes.c_int64
 _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
+_D = ctypes.POINTER(ctypes.c_double)
 _VV = ctypes.POINTER(ctypes.c_void_p)
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
@@ -62,6 +63,10 @@ SIGNATURES = {
     "band_distance": (
         ctypes.c_double,
         [_V, _V, _II, _F, _F, _I, _I, _I, ctypes.c_float, ctypes.c_float, _V, _V, ctypes.c_int],
+    ),
+    "changed_error_sums": (
+        None,
+        [_F, _F, _F, _F, _I, _I, _I, _F, _F, _I, _F, _F, _I] + [ctypes.c_float] * 3 + [_D, _D, _F],
     ),
     "decayed_sum": (None, [_F, _F, _I, _I, _F]),
     "decayed_sum_backward": (None, [_F, _F, _F, _I, _I, _F, _F]),
@@ -80,10 +85,13 @@ SIGNATURES = {
     "max_threads": (_I, []),
     "room_wet": (None, [_F, _F, _F, _F, _F, _I, _I, _F, _F]),
     "room_wet_backward": (None, [_F, _F, _F, _F, _F, _F, _I, _I, _F, _F, _F, _F]),
-    "resonance_spectra": (None, [_F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I]),
+    "resonance_spectra": (
+        None,
+        [_F, _I, _I, _I, ctypes.c_float, _F, _II, _F, _II, _I, _I, _VV, ctypes.c_int, _F, _I],
+    ),
     "resonance_spectra_backward": (
         None,
-        [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F, ctypes.c_int],
+        [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _F, _II, _I, _I, _F, ctypes.c_int],
     ),
 }
 
@@ -193,6 +201,20 @@ def ptr(t: Tensor | None) -> ctypes.Array | None:
         return None
     assert t.is_contiguous() and t.dtype == torch.float32, (t.shape, t.stride(), t.dtype)
     return ctypes.cast(t.data_ptr(), _F)
+
+
+def int64_ptr(t: Tensor | None) -> ctypes.Array | None:
+    """A contiguous int64 tensor's data as a C pointer (None for None)."""
+    if t is None:
+        return None
+    assert t.is_contiguous() and t.dtype == torch.int64, (t.shape, t.stride(), t.dtype)
+    return ctypes.cast(t.data_ptr(), _II)
+
+
+def double_ptr(t: Tensor) -> ctypes.Array:
+    """A contiguous float64 tensor's data as a C pointer."""
+    assert t.is_contiguous() and t.dtype == torch.float64, (t.shape, t.stride(), t.dtype)
+    return ctypes.cast(t.data_ptr(), _D)
 
 
 def data(t: Tensor | None) -> int | None:

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from splat import dsp, floor, native
+from splat.modes import partial_ratios, ratio_table
 from splat.params import AtomParams
 
 #: Bins on each side of a partial that it is splatted onto (sidelobes beyond are < -45 dB).
@@ -418,7 +419,12 @@ def _band_settings(plan: Plan) -> tuple:
 
 
 def resonance_spectra(
-    params: AtomParams, plan: Plan, *, n_partials: int, dtype: torch.dtype | None = None
+    params: AtomParams,
+    plan: Plan,
+    *,
+    n_partials: int,
+    dtype: torch.dtype | None = None,
+    modes: Tensor | None = None,
 ) -> list[Tensor]:
     """Share of each resonance part's power per bin, every resolution's bins summing to ~1.
 
@@ -426,6 +432,14 @@ def resonance_spectra(
     to the 2 * SPLAT_REACH_BINS bins b around it, at every resolution, in one
     scatter-add per part (the parts differ only in c_k, from their rolloffs).
     Silent partials (above Nyquist or past `n_partials`) have c_k = 0.
+
+    Args:
+        params: Physical parameters, shape (segments, atoms).
+        plan: Grid, resolutions and their constants.
+        n_partials: Maximum partials per atom.
+        dtype: Precision of the result (default: that of the parameters).
+        modes: Each atom's partial series (indices into `splat.modes.MODES`), integer tensor
+            of shape (segments, atoms); None: every atom is a string.
 
     Returns:
         Per resolution, shape (segments, 2 * atoms, n_fft / 2 + 1): each segment's
@@ -435,13 +449,14 @@ def resonance_spectra(
     dtype = dtype or params.f0_hz.dtype
     if native.usable(params.f0_hz, plan.bin_hz):
         fields = torch.stack([getattr(params, name) for name in _PARTIAL_FIELDS])  # (fields, segments, atoms)
-        return list(_NativeResonanceSpectra.apply(fields, plan, n_partials, dtype))
+        return list(_NativeResonanceSpectra.apply(fields, plan, n_partials, dtype, modes))
     f0 = params.f0_hz.unsqueeze(-1)
     b = params.inharmonicity.unsqueeze(-1)
     k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
-    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials)
+    ratios = None if modes is None else partial_ratios(modes, n_partials=n_partials, dtype=f0.dtype)
+    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=plan.sample_rate / 2, n_partials=n_partials, ratios=ratios)
     rolloffs = torch.stack([params.rolloff_db, params.short_rolloff_db]).unsqueeze(-1)  # (2, segments, atoms, 1)
-    freqs = dsp.partial_frequencies(f0, b, k)  # (segments, atoms, partials)
+    freqs = dsp.partial_frequencies(f0, b, k if ratios is None else ratios)  # (segments, atoms, partials)
     gains = dsp.formant_gains(freqs, params.formant_hz.unsqueeze(-1), params.formant_db.unsqueeze(-1))
     weights = dsp.partial_weights(rolloffs, k, n_active, gains)  # (2, segments, atoms, partials)
     # Layout (taps, res, segments, atoms, partials): broadcasts run over long contiguous rows.
@@ -487,16 +502,20 @@ class _NativeResonanceSpectra(torch.autograd.Function):
     each splat's back, writes out the kernel's slope and the weights' normalisation, and
     touches no silent partial.
 
-    Takes the fields stacked, shape (fields, segments, atoms); returns the shares at
-    every resolution as `resonance_spectra` does.
+    Takes the fields stacked, shape (fields, segments, atoms), and the series as
+    `resonance_spectra` does; returns the shares at every resolution as it does.
     """
 
     @staticmethod
-    def forward(ctx, fields: Tensor, plan: Plan, n_partials: int, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    def forward(
+        ctx, fields: Tensor, plan: Plan, n_partials: int, dtype: torch.dtype, modes: Tensor | None
+    ) -> tuple[Tensor, ...]:
         fields = fields.contiguous()
         _, n_segments, n_atoms = fields.shape
         out = [fields.new_empty(n_segments, 2 * n_atoms, r.n_bins, dtype=dtype) for r in plan.resolutions]
-        ctx.settings = (n_segments * n_atoms, n_atoms, *_partial_settings(plan, n_partials))
+        # The series' ratios and each atom's row, kept with ctx: the kernels hold pointers to them.
+        ctx.keep = ratio_table(n_partials, dtype=torch.float32), None if modes is None else modes.contiguous()
+        ctx.settings = (n_segments * n_atoms, n_atoms, *_partial_settings(plan, n_partials, *ctx.keep))
         ctx.half = int(dtype == torch.bfloat16)
         n_bins = max(r.n_bins for r in plan.resolutions)
         scratch = fields.new_empty(native.library().max_threads() * 2 * n_bins * ctx.half)
@@ -514,14 +533,24 @@ class _NativeResonanceSpectra(torch.autograd.Function):
         native.library().resonance_spectra_backward(
             native.datas(grads), native.ptr(fields), *ctx.settings, native.ptr(grad_fields), ctx.half
         )
-        return grad_fields, None, None, None
+        return grad_fields, None, None, None, None
 
 
-def _partial_settings(plan: Plan, n_partials: int) -> tuple:
-    """What `resonance_spectra`'s kernels need of the plan: partials, Nyquist, bins."""
+def _partial_settings(plan: Plan, n_partials: int, ratios: Tensor, modes: Tensor | None) -> tuple:
+    """What `resonance_spectra`'s kernels need: partials, Nyquist, the series' ratios
+    (float32, (series, n_partials)) and each atom's series (int64, or None for strings), bins."""
     assert n_partials <= 512 and SPLAT_REACH_BINS <= 8, "beyond kernels.c's MAX_PARTIALS or tap arrays"
     bins = native.int64s([r.n_bins for r in plan.resolutions])
-    return n_partials, plan.sample_rate / 2, native.ptr(plan.bin_hz), bins, len(plan.resolutions), SPLAT_REACH_BINS
+    return (
+        n_partials,
+        plan.sample_rate / 2,
+        native.ptr(ratios),
+        native.int64_ptr(modes),
+        native.ptr(plan.bin_hz),
+        bins,
+        len(plan.resolutions),
+        SPLAT_REACH_BINS,
+    )
 
 
 @dataclass(frozen=True)
@@ -660,6 +689,8 @@ def expected_power(
     n_partials: int,
     floor_db: Tensor | None = None,
     floor_at: list[Tensor] | None = None,
+    modes: Tensor | None = None,
+    bfloat16: bool = True,
 ) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
 
@@ -671,6 +702,11 @@ def expected_power(
         n_partials: Maximum partials per atom.
         floor_db: Noise-floor band levels, shape (segments, bands), or None for no floor.
         floor_at: The floor envelope's frame powers from `floor_frames` (needed with `floor_db`).
+        modes: Each atom's partial series (indices into `splat.modes.MODES`), integer tensor of
+            shape (segments, atoms); None: every atom is a string.
+        bfloat16: Let the products run in bfloat16 where they can (`_BFloat16Products`); False
+            keeps them float32 (for differences of spectrograms, where a few parts in a thousand
+            of a loud cell would swamp a quiet remainder).
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -680,11 +716,11 @@ def expected_power(
     sr = plan.sample_rate
     # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
     # float32, rounded once), and take their gradients so: nothing is cast around the products.
-    half = native.usable(params.time_s) and native.bfloat16_products()
+    half = bfloat16 and native.usable(params.time_s) and native.bfloat16_products()
     dtype = torch.bfloat16 if half else None
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan, dtype=dtype)
-    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
+    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype, modes=modes)
     n_atoms = params.time_s.shape[1]
     out = []
     for i, frames in enumerate(plan.frame_powers(powers, dtype=dtype)):  # each (segments, frames, 3 atoms)

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from splat import dsp, floor, room
 from splat.atoms import AtomSet
+from splat.modes import partial_ratios
 from splat.params import AtomParams, RoomParams
 
 #: Length of each atom's noise realisation, in seconds (covers the longest burst).
@@ -76,6 +77,7 @@ def render_atoms(
     start: int,
     envelope: str,
     n_partials: int,
+    modes: Tensor | None = None,
 ) -> Tensor:
     """Render every atom separately over samples [start, start + n_samples) of the file.
 
@@ -92,6 +94,8 @@ def render_atoms(
         start: File sample index of the first rendered sample.
         envelope: "gamma" or "gaussian".
         n_partials: Maximum number of partials per atom.
+        modes: Each atom's partial series, indices into `splat.modes.MODES`, integer
+            tensor of shape (batch, atoms); None: every atom is a string.
 
     Returns:
         Audio per atom, shape (batch, atoms, n_samples).
@@ -117,7 +121,10 @@ def render_atoms(
     e2 = env * env
     decays = torch.stack([p["decay_s"], p["short_decay_s"]], dim=-2)  # (batch, atoms, 2, 1)
     body, short = dsp.resonance_power(e2.unsqueeze(-2), decays, step_samples=1, sample_rate=sample_rate).unbind(-2)
-    n_active = dsp.n_audible_partials(p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials)
+    ratios = None if modes is None else partial_ratios(modes, n_partials=n_partials)  # (batch, atoms, n_partials)
+    n_active = dsp.n_audible_partials(
+        p["f0_hz"], p["inharmonicity"], nyquist_hz=sample_rate / 2, n_partials=n_partials, ratios=ratios
+    )
     # Phases in float64, from each atom's onset offset (not from u): in float32,
     # 2 pi f u loses ~1e-3 rad after a second and the rounding noise would sit
     # only ~50 dB under the partials.
@@ -125,7 +132,7 @@ def render_atoms(
     # Partials past the audible count have zero weight: stop at the largest count in the batch.
     n_max = int(n_active.max()) if n_active.numel() else 0
     ks = torch.arange(1, n_max + 1, device=u.device, dtype=torch.float64)
-    freqs = dsp.partial_frequencies(f0, b, ks)  # (batch, atoms, n_max)
+    freqs = dsp.partial_frequencies(f0, b, ks if ratios is None else ratios[..., :n_max])  # (batch, atoms, n_max)
     gains = dsp.formant_gains(freqs, p["formant_hz"].double(), p["formant_db"].double())
     body_amps = _amplitudes(dsp.partial_weights(p["rolloff_db"].double(), ks, n_active.double(), gains))
     short_amps = _amplitudes(dsp.partial_weights(p["short_rolloff_db"].double(), ks, n_active.double(), gains))
@@ -243,6 +250,7 @@ def atom_signals(
     sr = atom_set.sample_rate
     n = atom_set.n_samples
     params, seeds = atom_set.to_params(device=device)
+    modes = atom_set.to_modes(device=device)
     n_noise = noise_length(sr)
     # One atom at a time, each over its own support: grouping atoms would render every
     # one of them over the longest tail in the group.
@@ -262,6 +270,7 @@ def atom_signals(
             start=first,
             envelope=atom_set.envelope,
             n_partials=atom_set.n_partials,
+            modes=modes[:, group],
         )
         yield i, first, audio.sum(dim=(0, 1))
 

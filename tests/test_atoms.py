@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from splat import dsp, floor
+from splat import dsp, floor, synth
 from splat.atoms import FORMAT_NAME, FORMAT_VERSION, Atom, AtomSet, FloorSegment
 from splat.errors import FormatError, SplatError
 from splat.files import atomic_path, write_atomic, write_text_atomic
@@ -53,6 +53,7 @@ def _atoms() -> list[Atom]:
             decay_s=1.5,
             mix=0.3,
             noise_seed=2**62 + 5,
+            modes="membrane",
         ),
         Atom(
             time_s=0.2,
@@ -192,6 +193,27 @@ def test_a_version_5_file_loads_and_renders_as_before():
     np.testing.assert_array_equal(render_atom_set(loaded), render_atom_set(atom_set))
 
 
+def test_a_version_5_file_loads_as_strings_and_renders_as_before():
+    # Version 5 had no partial series: every atom is a string, rendered as before the series existed
+    # (the renderer's own harmonic path, without a series).
+    plain = replace(_atom_set(), floor=())
+    plain = plain.with_atoms([replace(a, modes="string") for a in plain.atoms])
+    doc = json.loads(json.dumps(plain.to_dict()))
+    doc["version"] = 5
+    for atom in doc["atoms"]:
+        del atom["modes"]
+    loaded = AtomSet.from_dict(doc)
+    assert loaded == plain
+    params, seeds = loaded.to_params()
+    white = synth.white_noise(seeds, n_samples=synth.noise_length(SAMPLE_RATE)).unsqueeze(0).double()
+    kwargs = {"n_samples": loaded.n_samples, "sample_rate": SAMPLE_RATE, "start": 0, "envelope": "gaussian"}
+    before = synth.render_atoms(params, white, n_partials=16, **kwargs).sum(dim=(0, 1)) / loaded.gain
+    np.testing.assert_allclose(render_atom_set(loaded), before.float().numpy(), rtol=0, atol=1e-7)
+    # The series matters: the same atoms as membranes sound different.
+    drums = loaded.with_atoms([replace(a, modes="membrane") for a in loaded.atoms])
+    assert np.abs(render_atom_set(drums) - render_atom_set(loaded)).max() > 0.01
+
+
 @pytest.mark.parametrize("name", ["release_s", "formant_db"])
 def test_a_version_5_atom_must_have_its_release_and_formant(name):
     doc = _atom_set().to_dict()
@@ -216,7 +238,8 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
-    assert [sorted(a) for a in doc["atoms"]] == [sorted((*FIELDS, "noise_seed"))] * 3
+    assert [sorted(a) for a in doc["atoms"]] == [sorted((*FIELDS, "noise_seed", "modes"))] * 3
+    assert [a["modes"] for a in doc["atoms"]] == ["string", "membrane", "string"]
     assert doc["atoms"][0]["f0_hz"] == 261.63
     assert doc["noise_floor"]["band_hz"] == [round(f, 2) for f in floor.band_centres_hz(SAMPLE_RATE)]
     assert doc["noise_floor"]["segments"][1] == {
@@ -352,6 +375,15 @@ ATOM_ERRORS = {
         lambda d: _set_atom_field(d, 0, "velocity", 64),
         r"atoms\[0\] has unknown field\(s\) \['velocity'\]",
     ),
+    "unknown modes": (
+        lambda d: _set_atom_field(d, 1, "modes", "drum"),
+        r"^atoms\[1\]\.modes='drum' must be one of 'string', 'membrane', 'bar'$",
+    ),
+    "modes as a number": (
+        lambda d: _set_atom_field(d, 0, "modes", 1),
+        r"^atoms\[0\]\.modes=1 must be one of 'string', 'membrane', 'bar'$",
+    ),
+    "missing modes": (lambda d: _drop_atom_field(d, 2, "modes"), r"^atoms\[2\]\.modes is missing$"),
     "atom not an object": (
         lambda d: {**d, "atoms": [d["atoms"][0], [1, 2]]},
         r"atoms\[1\] must be an object, got list",

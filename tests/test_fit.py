@@ -312,8 +312,8 @@ def test_residual_restarts_only_notes_hidden_on_partials_of_a_note_starting_ther
     model[onset_frame + 1 :] = bass
     # One segment, four atoms: the bass (loud, at the onset) and three quiet leftovers.
     rows = [(onset_s, f2, 0.0), (0.9, 700.0, -60.0), (1.1, 900.0, -55.0), (0.2, 1500.0, -50.0)]
-    fields = {k: torch.full((1, 4), v) for k, v in dataclasses.asdict(_tone(0.0, 100.0, 0.0, 0)).items()}
-    del fields["noise_seed"]
+    tone = dataclasses.asdict(_tone(0.0, 100.0, 0.0, 0))
+    fields = {k: torch.full((1, 4), tone[k]) for k in FIELDS}
     for name, index in (("time_s", 0), ("f0_hz", 1), ("gain_db", 2)):
         fields[name] = torch.tensor([[r[index] for r in rows]], dtype=torch.float32)
     spec = ModelSpec(
@@ -343,11 +343,12 @@ def test_split_by_gain_puts_the_louder_half_of_each_segment_first():
     params = AtomParams(
         **{name: torch.arange(6.0).reshape(2, 3) for name in FIELDS if name != "gain_db"}, gain_db=gains
     )
-    lead, rest = _split_by_gain(params)
+    lead, rest, lead_modes, rest_modes = _split_by_gain(params, torch.arange(6).reshape(2, 3))
     assert lead.gain_db.tolist() == [[-5.0, -20.0], [0.0, -10.0]]
     assert rest.gain_db.tolist() == [[-30.0], [-40.0]]
-    # Every field travels with its atom.
+    # Every field travels with its atom, and so does its partial series.
     assert lead.f0_hz.tolist() == [[1.0, 2.0], [3.0, 5.0]]
+    assert lead_modes.tolist() == [[1, 2], [3, 5]] and rest_modes.tolist() == [[0], [4]]
 
 
 def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spectrogram():

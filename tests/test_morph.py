@@ -57,6 +57,16 @@ def test_a_matched_pair_halfway(pair):
     assert len(out.atoms) == 3
 
 
+@pytest.mark.parametrize(("amount", "expected"), [(0.3, "string"), (0.7, "membrane")])
+def test_a_matched_pair_takes_the_nearer_atoms_series(pair, amount, expected):
+    a, b = pair
+    b = replace(b, atoms=tuple(replace(x, modes="membrane") for x in b.atoms))
+    out = morph(a, b, amount)
+    matched = [atom for atom in out.atoms if atom.f0_hz not in {x.f0_hz for x in (*a.atoms, *b.atoms)}]
+    assert len(matched) == 2
+    assert {atom.modes for atom in matched} == {expected}
+
+
 def test_bad_morphs(pair, tmp_path):
     a, b = pair
     with pytest.raises(ParameterError, match="amount=1.5"):

@@ -69,11 +69,19 @@ def _atom_set(atoms: list[Atom], *, duration_s: float = 1.0, **changes) -> AtomS
 
 
 def _reference(
-    atom: Atom, white: np.ndarray, *, n_samples: int, envelope: str, n_partials: int, noise_freqs_hz: np.ndarray
+    atom: Atom,
+    white: np.ndarray,
+    *,
+    n_samples: int,
+    envelope: str,
+    n_partials: int,
+    noise_freqs_hz: np.ndarray,
+    ratios: np.ndarray | None = None,
 ) -> np.ndarray:
     """The model of the splat.dsp module docstring, written out sample by sample in NumPy.
 
-    `noise_freqs_hz` is the frequency axis of the noise's rfft (n // 2 + 1 bins).
+    `noise_freqs_hz` is the frequency axis of the noise's rfft (n // 2 + 1 bins); `ratios` are
+    partial k's frequency ratios r_k (default k, a string's).
     """
     sr = SAMPLE_RATE
     u = np.arange(n_samples) / sr - atom.time_s
@@ -117,9 +125,14 @@ def _reference(
             out[i] = acc
         return out
 
-    # Partials: stiff-string frequencies, geometric energy shares over those below Nyquist, Schroeder
-    # phases; the short part's partials lag the body's by a quarter period (-sin instead of cos).
-    partials = [(k, k * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * k * k)) for k in range(1, n_partials + 1)]
+    # Partials: stiff-string frequencies (of ratio r_k = k, or `ratios`), geometric energy shares over
+    # those below Nyquist, Schroeder phases; the short part's partials lag the body's by a quarter
+    # period (-sin instead of cos).
+    r = np.arange(1.0, n_partials + 1.0) if ratios is None else ratios[:n_partials]
+    partials = [
+        (k, r[k - 1] * atom.f0_hz * math.sqrt(1.0 + atom.inharmonicity * r[k - 1] ** 2))
+        for k in range(1, n_partials + 1)
+    ]
     audible = [(k, f) for k, f in partials if f < sr / 2]
 
     # The formant: a power gain 10^(formant_db / 10) at formant_hz, falling as a gaussian in octaves
