@@ -23,20 +23,23 @@ from splat.files import write_text_atomic
 from splat.params import FIELDS, FLOOR_LEVEL_DB, AtomParams, Bounds
 
 FORMAT_NAME = "splat.atoms"
-FORMAT_VERSION = 5
+FORMAT_VERSION = 6
 #: Older versions this splat still reads. Version 1 gave the gamma burst the shape
 #: k = 1 + (attack / spread)^2; version 2 reads `spread_s` as the burst's standard
 #: deviation (see `splat.dsp.burst_envelope`), so a version-1 gamma atom is converted.
 #: Version 1 had no resonance short part: its atoms get `Atom`'s defaults (share 0).
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
-#: Versions 1-4 had no formant: their atoms get a 0 dB one (no change).
-READABLE_VERSIONS = (1, 2, 3, 4, FORMAT_VERSION)
-#: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5).
+#: Versions 1-4 had no formant: their atoms get a 0 dB one (no change). Versions 1-5 had
+#: no pitch motion: their atoms get no glide and a vibrato of depth 0 (a fixed pitch).
+READABLE_VERSIONS = (1, 2, 3, 4, 5, FORMAT_VERSION)
+#: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5),
+#: the pitch motion (6).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
     4: ("duration_s", "release_s"),
     5: ("formant_hz", "formant_db"),
+    6: ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents"),
 }
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
@@ -71,6 +74,10 @@ class Atom:
     # Defaults: no formant (as in format versions 1-4): the partials follow the rolloffs alone.
     formant_hz: float = 1000.0
     formant_db: float = 0.0
+    # Defaults: a fixed pitch (as in format versions 1-5); with depth 0 the vibrato's rate plays no part.
+    f0_glide_cents_per_s: float = 0.0
+    vibrato_hz: float = 5.5
+    vibrato_cents: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:

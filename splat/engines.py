@@ -54,6 +54,9 @@ class ModelSpec:
     n_partials: int
     resolutions: tuple[spectral.Resolution, ...]
     grid_step: int
+    #: Model every atom's partials as moving ones (even at a fixed pitch), so that the pitch
+    #: motion's fields get gradients; False: only where a pitch moves.
+    pitch_motion: bool = False
 
     @property
     def pad(self) -> int:
@@ -141,6 +144,7 @@ class FastEngine:
             n_partials=self.spec.n_partials,
             floor_db=floor_db,
             floor_at=floor_at,
+            pitch_motion=self.spec.pitch_motion,
         )
 
     def split_powers(
@@ -238,6 +242,7 @@ class ReferenceEngine:
             start=self.first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
+            pitch_motion=self.spec.pitch_motion,
         )
         return audio.sum(dim=(0, 1))
 

@@ -78,7 +78,13 @@ START_SHAPE = {
     "release_s": 0.3,
     "formant_hz": 2500.0,
     "formant_db": 3.0,
+    # A fixed pitch: no glide, a vibrato of depth 0 (its rate a typical one, for when the depth grows).
+    "f0_glide_cents_per_s": 0.0,
+    "vibrato_hz": 5.5,
+    "vibrato_cents": 0.0,
 }
+#: The fields of the pitch motion, held at their starting values in a fit without it.
+MOTION_FIELDS = ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")
 #: An atom starts with its release START_OVERLAP times as far from its onset as the next
 #: onset the analysis found at least MIN_START_DURATION_S later, or LAST_START_DURATION_S
 #: after it if there is none: a note is first taken to ring a little into the next one, and
@@ -136,6 +142,8 @@ class FitConfig:
             `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
             "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
             returns the atoms the init placed, unchanged.
+        pitch_motion: Fit each atom's glide and vibrato (`MOTION_FIELDS`, from a fixed pitch);
+            False keeps every pitch fixed (and the fast engine's cheaper fixed-pitch path).
     """
 
     n_atoms: int = 64
@@ -156,6 +164,7 @@ class FitConfig:
     greedy: float = 0.0
     noise_floor: bool = False
     init: str = "analysis"
+    pitch_motion: bool = True
 
     def validate(self) -> None:
         """Raises:
@@ -316,6 +325,7 @@ def fit(
         n_partials=config.n_partials,
         resolutions=spectral.resolutions_for(config.fft_sizes),
         grid_step=config.grid_step,
+        pitch_motion=config.pitch_motion,
     )
     n = samples.size
     seg = config.n_segment
@@ -664,7 +674,8 @@ def _fit_chunk(
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
-    step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device, dtype=raw0.dtype)
+    steps = [0.0 if name in MOTION_FIELDS and not config.pitch_motion else FIELD_STEP.get(name, 1.0) for name in FIELDS]
+    step_scale = torch.tensor(steps, device=device, dtype=raw0.dtype)
     # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")

@@ -682,6 +682,55 @@ void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment
     }
 }
 
+/* The gradient of the partials' weights and frequencies (d_weight, d_freq; d_freq is
+ * overwritten) through the normalisation, the roll-offs and the formant gains to atom i's
+ * fields, written into grad_fields (PARTIAL_FIELDS, atoms). */
+static void partials_backward(const Partials *p, const float *fields, int64_t n_atoms, int64_t i,
+                              float d_weight[2][MAX_PARTIALS], float *d_freq, float *grad_fields) {
+    float d_gain[MAX_PARTIALS];
+    for (int64_t j = 0; j < p->n_active; j++) d_gain[j] = 0.0f;
+    const float *f = fields + i;
+    float *gf = grad_fields + i;
+#define F(name) f[(name) * n_atoms]
+#define G(name) gf[(name) * n_atoms]
+    const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY), formant_hz = F(PARTIAL_FORMANT_HZ);
+    const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
+                              -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+    float d_log_rho[2] = {0.0f, 0.0f}, d_boost = 0.0f, d_formant_hz = 0.0f, d_f0 = 0.0f, d_b = 0.0f;
+    for (int part = 0; part < 2; part++) {
+        /* w_j = shaped_j / total: d shaped_j = (d w_j - sum_i d w_i w_i) / total (total > 1e-30). */
+        const float total = fmaxf(p->total[part], 1e-30f);
+        float mean = 0.0f;
+        if (p->total[part] > 1e-30f)
+            for (int64_t j = 0; j < p->n_active; j++) mean += d_weight[part][j] * p->weight[part][j];
+        for (int64_t j = 0; j < p->n_active; j++) {
+            const float d_shaped = (d_weight[part][j] - mean) / total;
+            const float k = (float)(j + 1), geometric = p->geometric[part][j];
+            d_gain[j] += d_shaped * geometric;
+            if ((k - 1.0f) * log_rho[part] > EXP_FLOOR)
+                d_log_rho[part] += d_shaped * p->gain[j] * geometric * (k - 1.0f);
+        }
+    }
+    for (int64_t j = 0; j < p->n_active; j++) {
+        const float k = (float)(j + 1), freq = p->freq[j];
+        const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
+        d_boost += d_gain[j] * p->formant_exp[j];
+        /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
+        const float d_log_ratio = -d_gain[j] * p->boost * p->formant_exp[j] * z * (float)(FORMANT_Z_PER_LOG2 / LN_2);
+        d_freq[j] += d_log_ratio / freq;
+        d_formant_hz -= d_log_ratio / formant_hz;
+        d_f0 += d_freq[j] * freq / f0;
+        d_b += d_freq[j] * freq * k * k / (2.0f * (1.0f + b * k * k));
+    }
+    G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
+    G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);
+    G(PARTIAL_SHORT_ROLLOFF) = -d_log_rho[1] * (float)(LN_10 / 10.0);
+    G(PARTIAL_FORMANT_HZ) = d_formant_hz;
+    G(PARTIAL_FORMANT_DB) = d_boost * (p->boost + 1.0f) * (float)(LN_10 / 10.0);
+#undef F
+#undef G
+}
+
 /* Its gradient: grads laid out as out, in its precision -> grad_fields (PARTIAL_FIELDS, atoms). */
 void resonance_spectra_backward(const void **grads, const float *fields, int64_t n_atoms, int64_t per_segment,
                                 int64_t n_partials, float nyquist, const float *bin_hz, const int64_t *n_bins,
@@ -690,9 +739,9 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
         Taps taps;
-        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], d_gain[MAX_PARTIALS];
+        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS];
         partials(fields, n_atoms, i, n_partials, nyquist, &p);
-        for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = d_gain[j] = 0.0f;
+        for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = 0.0f;
         for (int64_t r = 0; r < n_res; r++) {
             const int64_t rows[2] = {part_row(i, per_segment, 0) * n_bins[r], part_row(i, per_segment, 1) * n_bins[r]};
             hann_taps(p.freq, p.n_active, bin_hz[r], reach, 1, &taps);
@@ -710,46 +759,166 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
                 d_freq[j] += d_pos / bin_hz[r];
             }
         }
-        /* Through the normalisation, the roll-offs and the formant gains to the fields. */
-        const float *f = fields + i;
-        float *gf = grad_fields + i;
-#define F(name) f[(name) * n_atoms]
-#define G(name) gf[(name) * n_atoms]
-        const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY), formant_hz = F(PARTIAL_FORMANT_HZ);
-        const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
-                                  -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
-        float d_log_rho[2] = {0.0f, 0.0f}, d_boost = 0.0f, d_formant_hz = 0.0f, d_f0 = 0.0f, d_b = 0.0f;
-        for (int part = 0; part < 2; part++) {
-            /* w_j = shaped_j / total: d shaped_j = (d w_j - sum_i d w_i w_i) / total (total > 1e-30). */
-            const float total = fmaxf(p.total[part], 1e-30f);
-            float mean = 0.0f;
-            if (p.total[part] > 1e-30f)
-                for (int64_t j = 0; j < p.n_active; j++) mean += d_weight[part][j] * p.weight[part][j];
-            for (int64_t j = 0; j < p.n_active; j++) {
-                const float d_shaped = (d_weight[part][j] - mean) / total;
-                const float k = (float)(j + 1), geometric = p.geometric[part][j];
-                d_gain[j] += d_shaped * geometric;
-                if ((k - 1.0f) * log_rho[part] > EXP_FLOOR)
-                    d_log_rho[part] += d_shaped * p.gain[j] * geometric * (k - 1.0f);
+        partials_backward(&p, fields, n_atoms, i, d_weight, d_freq, grad_fields);
+    }
+}
+
+/* splat.spectral.moving_resonance_power: the partials' power per frame and bin when pitches move
+ * (one resolution).
+ *
+ * frames: (segments, n_frames, 2 per_segment), the window-weighted powers of the bodies, then of
+ * the short parts; scale: (atoms, n_frames, n_nodes), each atom's frequency factor at every pitch
+ * node of every frame; node_weight: (n_nodes). At node j of frame m, partial k of atom i (frequency
+ * f_k and weights w_0k, w_1k at its f0, as resonance_spectra's) splats
+ *     c = node_weight[j] (P_body w_0k + P_short w_1k)
+ * times the Hann power kernel around f_k scale / bin_hz, unless f_k scale >= nyquist or c < tiny.
+ * table: scratch of (atoms, 1 + 3 n_partials) floats: each atom's count, frequencies and weights (fill_row).
+ * out: (segments, n_frames, n_bins). Rows (segment, frame) run in parallel. */
+static void fill_row(const Partials *p, int64_t n_partials, float *row) {
+    row[0] = (float)p->n_active;
+    for (int64_t j = 0; j < p->n_active; j++) {
+        row[1 + j] = p->freq[j];
+        row[1 + n_partials + j] = p->weight[0][j];
+        row[1 + 2 * n_partials + j] = p->weight[1][j];
+    }
+}
+
+/* The moving splats of one atom at one node: frequencies and powers of its live partials into
+ * freq and power (the others get power 0); returns whether any is live. */
+static int moving_partials(const float *row, int64_t n_partials, float sc, float om, float pb, float ps,
+                           float nyquist, float tiny, float *freq, float *power) {
+    const int64_t n = (int64_t)row[0];
+    const float *f = row + 1, *w0 = row + 1 + n_partials, *w1 = row + 1 + 2 * n_partials;
+    int any = 0;
+    for (int64_t j = 0; j < n; j++) {
+        freq[j] = f[j] * sc;
+        const float c = om * (pb * w0[j] + ps * w1[j]);
+        const int live = freq[j] < nyquist && c >= tiny;
+        power[j] = live ? c : 0.0f;
+        any |= live;
+    }
+    return any;
+}
+
+/* The 2 reach (<= 16) shares of partial k around its position (hann_share's), times `power`, into
+ * share, and (slopes) their derivatives by the position into slope: one vectorised pass over the taps. */
+static inline void moving_shares(const Taps *taps, int64_t k, int64_t reach, float power, float *share,
+                                 float *slope) {
+    const float d0 = taps->d0[k], s2 = taps->s2[k], sc = taps->sc[k];
+#pragma omp simd
+    for (int64_t t = 0; t < 2 * reach; t++) {
+        const float d = d0 + (float)(t + 1 - reach), den = PI_F * d * (1.0f - d * d);
+        const float inv = 1.0f / (den * den);
+        share[t] = HANN_SHARE_SCALE * s2 * inv * power;
+        if (slope)
+            slope[t] = -2.0f * HANN_SHARE_SCALE * (PI_F * sc * den - s2 * PI_F * (1.0f - 3.0f * d * d)) * inv / den;
+    }
+}
+
+void moving_spectra(const float *fields, const float *frames, const float *scale, const float *node_weight,
+                    int64_t segments, int64_t per_segment, int64_t n_partials, float nyquist, int64_t n_frames,
+                    int64_t n_nodes, float bin_hz, int64_t n_bins, int64_t reach, float tiny, float *table,
+                    float *out) {
+    const int64_t n_atoms = segments * per_segment;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n_atoms; i++) {
+            Partials p;
+            partials(fields, n_atoms, i, n_partials, nyquist, &p);
+            fill_row(&p, n_partials, table + i * (1 + 3 * n_partials));
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < segments * n_frames; r++) {
+            const int64_t s = r / n_frames, m = r % n_frames;
+            float *o = out + r * n_bins;
+            for (int64_t b = 0; b < n_bins; b++) o[b] = 0.0f;
+            const float *fr = frames + r * 2 * per_segment;
+            Taps taps;
+            float freq[MAX_PARTIALS], power[MAX_PARTIALS];
+            for (int64_t col = 0; col < per_segment; col++) {
+                const int64_t i = s * per_segment + col;
+                const float *row = table + i * (1 + 3 * n_partials);
+                const int64_t n = (int64_t)row[0];
+                for (int64_t j = 0; j < n_nodes; j++) {
+                    const float sc = scale[(i * n_frames + m) * n_nodes + j];
+                    if (!moving_partials(row, n_partials, sc, node_weight[j], fr[col], fr[per_segment + col], nyquist,
+                                         tiny, freq, power))
+                        continue;
+                    hann_taps(freq, n, bin_hz, reach, 0, &taps);
+                    for (int64_t k = 0; k < n; k++) {
+                        if (power[k] == 0.0f) continue;
+                        float share[16];
+                        moving_shares(&taps, k, reach, power[k], share, 0);
+                        const int64_t first = taps.first[k];
+                        if (first >= 0 && first + 2 * reach <= n_bins) {
+#pragma omp simd
+                            for (int64_t t = 0; t < 2 * reach; t++) o[first + t] += share[t];
+                        } else {
+                            for (int64_t t = 0; t < 2 * reach; t++)
+                                if (first + t >= 0 && first + t < n_bins) o[first + t] += share[t];
+                        }
+                    }
+                }
             }
         }
-        for (int64_t j = 0; j < p.n_active; j++) {
-            const float k = (float)(j + 1), freq = p.freq[j];
-            const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
-            d_boost += d_gain[j] * p.formant_exp[j];
-            /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
-            const float d_log_ratio = -d_gain[j] * p.boost * p.formant_exp[j] * z * (float)(FORMANT_Z_PER_LOG2 / LN_2);
-            d_freq[j] += d_log_ratio / freq;
-            d_formant_hz -= d_log_ratio / formant_hz;
-            d_f0 += d_freq[j] * freq / f0;
-            d_b += d_freq[j] * freq * k * k / (2.0f * (1.0f + b * k * k));
+    }
+}
+
+/* Its gradient: grad (segments, n_frames, n_bins) -> grad_frames (as frames), grad_scale (as scale)
+ * and grad_fields (PARTIAL_FIELDS, atoms). Atoms run in parallel. */
+void moving_spectra_backward(const float *grad, const float *fields, const float *frames, const float *scale,
+                             const float *node_weight, int64_t segments, int64_t per_segment, int64_t n_partials,
+                             float nyquist, int64_t n_frames, int64_t n_nodes, float bin_hz, int64_t n_bins,
+                             int64_t reach, float tiny, float *grad_frames, float *grad_scale, float *grad_fields) {
+    const int64_t n_atoms = segments * per_segment;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        const int64_t s = i / per_segment, col = i % per_segment;
+        Partials p;
+        Taps taps;
+        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], freq[MAX_PARTIALS], power[MAX_PARTIALS];
+        float row[1 + 3 * MAX_PARTIALS];
+        partials(fields, n_atoms, i, n_partials, nyquist, &p);
+        const int64_t n = p.n_active;
+        fill_row(&p, n_partials, row);
+        for (int64_t j = 0; j < n; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = 0.0f;
+        for (int64_t m = 0; m < n_frames; m++) {
+            const int64_t r = s * n_frames + m;
+            const float pb = frames[r * 2 * per_segment + col], ps = frames[r * 2 * per_segment + per_segment + col];
+            const float *g = grad + r * n_bins;
+            float d_pb = 0.0f, d_ps = 0.0f;
+            for (int64_t j = 0; j < n_nodes; j++) {
+                const int64_t at = (i * n_frames + m) * n_nodes + j;
+                const float sc = scale[at], om = node_weight[j];
+                float d_sc = 0.0f;
+                if (moving_partials(row, n_partials, sc, om, pb, ps, nyquist, tiny, freq, power)) {
+                    hann_taps(freq, n, bin_hz, reach, 1, &taps);
+                    for (int64_t k = 0; k < n; k++) {
+                        if (power[k] == 0.0f) continue;
+                        float share[16], slope[16], g_share = 0.0f, g_slope = 0.0f;
+                        moving_shares(&taps, k, reach, 1.0f, share, slope);
+                        const int64_t first = taps.first[k];
+                        if (first >= 0 && first + 2 * reach <= n_bins) {
+#pragma omp simd reduction(+ : g_share, g_slope)
+                            for (int64_t t = 0; t < 2 * reach; t++)
+                                g_share += g[first + t] * share[t], g_slope += g[first + t] * slope[t];
+                        } else {
+                            for (int64_t t = 0; t < 2 * reach; t++)
+                                if (first + t >= 0 && first + t < n_bins)
+                                    g_share += g[first + t] * share[t], g_slope += g[first + t] * slope[t];
+                        }
+                        d_pb += om * p.weight[0][k] * g_share, d_ps += om * p.weight[1][k] * g_share;
+                        d_weight[0][k] += om * pb * g_share, d_weight[1][k] += om * ps * g_share;
+                        const float d_pos = power[k] * g_slope / bin_hz; /* per Hz of the moved partial */
+                        d_sc += d_pos * p.freq[k];
+                        d_freq[k] += d_pos * sc;
+                    }
+                }
+                grad_scale[at] = d_sc;
+            }
+            grad_frames[r * 2 * per_segment + col] = d_pb, grad_frames[r * 2 * per_segment + per_segment + col] = d_ps;
         }
-        G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
-        G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);
-        G(PARTIAL_SHORT_ROLLOFF) = -d_log_rho[1] * (float)(LN_10 / 10.0);
-        G(PARTIAL_FORMANT_HZ) = d_formant_hz;
-        G(PARTIAL_FORMANT_DB) = d_boost * (p.boost + 1.0f) * (float)(LN_10 / 10.0);
-#undef F
-#undef G
+        partials_backward(&p, fields, n_atoms, i, d_weight, d_freq, grad_fields);
     }
 }

@@ -53,6 +53,9 @@ _I = ctypes.c_int64
 _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
 _VV = ctypes.POINTER(ctypes.c_void_p)
+#: What `moving_spectra` and its gradient take after their arrays: segments, atoms per segment,
+#: partials, Nyquist, frames, nodes, bin width, bins, reach, the smallest splat.
+_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float]
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (
@@ -79,6 +82,8 @@ SIGNATURES = {
         None,
         [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F, ctypes.c_int],
     ),
+    "moving_spectra": (None, [_F] * 4 + _MOVING_SETTINGS + [_F, _F]),
+    "moving_spectra_backward": (None, [_F] * 5 + _MOVING_SETTINGS + [_F] * 3),
 }
 
 

@@ -51,6 +51,11 @@ from splat.params import AtomParams
 SPLAT_REACH_BINS = 4
 #: Standard deviation of the Hann window's power kernel, in bins.
 HANN_KERNEL_SIGMA_BINS = 0.575
+#: Samples of an analysis window per pitch node: a frame reads a moving atom's pitch at
+#: max(1, n_fft // PITCH_NODE_SAMPLES) times across its window (`pitch_nodes`).
+PITCH_NODE_SAMPLES = 1024
+#: Splats of a moving partial whose power is below this are skipped (the loss floors powers at 1e-8).
+TINY_SPLAT_POWER = 1e-12
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,7 @@ class Plan:
         bins_hz: Per resolution, the frequency of each bin, shape (n_fft / 2 + 1,).
         bin_hz: Bin width of each resolution, shape (n_res,).
         time_kernels: Per resolution, N / 2 * w^2 summed over each grid cell, shape (n_fft / step,).
+        pitch_nodes: Per resolution, where and with what weight its frames read a moving pitch (`pitch_nodes`).
     """
 
     def __init__(
@@ -128,6 +134,7 @@ class Plan:
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
         self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device, dtype=torch.float32)
         self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
+        self.pitch_nodes = [pitch_nodes(res, grid.n_window, sample_rate=sample_rate, device=device) for res in resolutions]
         self.time_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
@@ -188,6 +195,155 @@ class Plan:
             frames = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
             out.append(frames[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames).transpose(1, 2))
         return [frames.to(dtype) for frames in out]
+
+
+def pitch_nodes(res: Resolution, n_window: int, *, sample_rate: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Where each frame of a resolution reads a moving atom's pitch, and with what weight.
+
+    The window of n_fft samples is cut into J = max(1, n_fft // PITCH_NODE_SAMPLES) equal
+    parts; node j sits at the centroid of w^2 over part j and weighs that part's share of
+    the sum of w^2. A frame then splats each partial once per node, at its frequency at
+    that time, with that share of the frame's power (J = 1: at the frame's centre): a
+    long window sees a vibrato or a fast glide spread over the pitches it sweeps.
+
+    Returns:
+        Node times from the window start in seconds, shape (n_window / hop, J), and the
+        weights, shape (J,), summing to 1; float32.
+    """
+    n_nodes = max(1, res.n_fft // PITCH_NODE_SAMPLES)
+    w2 = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64) ** 2
+    n = torch.arange(res.n_fft, dtype=torch.float64)
+    mass = w2.reshape(n_nodes, -1).sum(-1)
+    centroid = (n * w2).reshape(n_nodes, -1).sum(-1) / mass - res.n_fft / 2  # samples from the frame's centre
+    centres = torch.arange(n_window // res.hop, dtype=torch.float64) * res.hop  # frame m is centred m hops in
+    times = (centres.unsqueeze(-1) + centroid) / sample_rate
+    return times.to(device=device, dtype=torch.float32), (mass / mass.sum()).to(device=device, dtype=torch.float32)
+
+
+def pitch_scales(params: AtomParams, window_start_s: Tensor, plan: Plan) -> list[Tensor]:
+    """Each atom's frequency factor 2^(bend / 1200) at every pitch node of every resolution.
+
+    Args:
+        params: Physical parameters, shape (segments, atoms).
+        window_start_s: Start of each segment's window, shape (segments, 1).
+
+    Returns:
+        Per resolution, shape (segments, atoms, n_window / hop, nodes).
+    """
+    fields = (params.f0_glide_cents_per_s, params.vibrato_hz, params.vibrato_cents, params.duration_s)
+    motion = [f.reshape(*f.shape, 1, 1) for f in fields]
+    shift = (window_start_s - params.time_s).reshape(*params.time_s.shape, 1, 1)
+    return [torch.exp2(dsp.pitch_bend_cents(times + shift, *motion) / 1200.0) for times, _ in plan.pitch_nodes]
+
+
+def moving_resonance_power(
+    frames: Tensor, params: AtomParams, scale: Tensor, plan: Plan, i: int, *, n_partials: int
+) -> Tensor:
+    """Expected power of the partials of atoms whose pitch moves, at resolution i.
+
+    At each pitch node j of frame m (`pitch_nodes`, weight v_j) partial k of an atom sits
+    at f_k * scale[m, j] (f_k at its f0, `dsp.partial_frequencies`) and splats
+    v_j (P_body[m] c_k + P_short[m] c'_k) onto the bins around it with the Hann kernel, as
+    `resonance_spectra` does once for all frames: c_k and c'_k are the weights at the
+    atom's f0 (the formant and the rolloffs do not follow the moving pitch). A partial at
+    or above Nyquist is silent there, and splats below TINY_SPLAT_POWER are skipped.
+
+    Args:
+        frames: Window-weighted power of every atom's body and short part, shape
+            (segments, frames, 2 * atoms): bodies first (`Plan.frame_powers`'s columns).
+        params: Physical parameters, shape (segments, atoms).
+        scale: The atoms' frequency factors at resolution i, shape (segments, atoms, frames, nodes)
+            (`pitch_scales`).
+        plan: Grid, resolutions and their constants.
+        i: Index of the resolution.
+        n_partials: Maximum partials per atom.
+
+    Returns:
+        Power, shape (segments, frames, n_fft / 2 + 1).
+    """
+    if native.usable(frames, params.f0_hz, scale):
+        fields = torch.stack([getattr(params, name) for name in _PARTIAL_FIELDS])  # (fields, segments, atoms)
+        return _NativeMovingSpectra.apply(frames, fields, scale, plan, i, n_partials)
+    res = plan.resolutions[i]
+    node_weights = plan.pitch_nodes[i][1]
+    nyquist = plan.sample_rate / 2
+    f0 = params.f0_hz.unsqueeze(-1)
+    b = params.inharmonicity.unsqueeze(-1)
+    k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
+    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=nyquist, n_partials=n_partials)
+    rolloffs = torch.stack([params.rolloff_db, params.short_rolloff_db]).unsqueeze(-1)  # (2, segments, atoms, 1)
+    freqs = dsp.partial_frequencies(f0, b, k)  # (segments, atoms, partials)
+    gains = dsp.formant_gains(freqs, params.formant_hz.unsqueeze(-1), params.formant_db.unsqueeze(-1))
+    weights = dsp.partial_weights(rolloffs, k, n_active, gains)  # (2, segments, atoms, partials)
+    # Layout (segments, atoms, frames, nodes, partials).
+    parts = frames.unflatten(-1, (2, -1)).permute(2, 0, 3, 1)  # (2, segments, atoms, frames)
+    power = (parts.unsqueeze(-1).unsqueeze(-1) * weights.unsqueeze(-2).unsqueeze(-2)).sum(0)
+    power = power * node_weights.unsqueeze(-1)
+    moving = freqs.unsqueeze(-2).unsqueeze(-2) * scale.unsqueeze(-1)
+    power = torch.where((moving < nyquist) & (power >= TINY_SPLAT_POWER), power, 0.0)
+    position = moving / (plan.sample_rate / res.n_fft)
+    pad = SPLAT_REACH_BINS
+    width = res.n_bins + 2 * pad  # each frame's bins with the padding that catches splats off its ends
+    n_segments, n_frames = frames.shape[:2]
+    with torch.no_grad():
+        slot = torch.floor(position) + plan.taps.reshape(-1, 1, 1, 1, 1, 1)
+        slot = slot.clamp(-pad, res.n_bins + pad - 1) + pad
+        frame = torch.arange(n_frames, device=slot.device).reshape(-1, 1, 1)
+        index = (slot + width * frame).long()  # (taps, segments, atoms, frames, nodes, partials)
+    taps = dsp.hann_power_taps(position, plan.taps)
+    values = taps * power
+    out = torch.zeros(n_segments, n_frames * width, device=frames.device, dtype=values.dtype).scatter_add(
+        1, index.transpose(0, 1).reshape(n_segments, -1), values.transpose(0, 1).reshape(n_segments, -1)
+    )
+    return out.reshape(n_segments, n_frames, width)[..., pad : pad + res.n_bins]
+
+
+class _NativeMovingSpectra(torch.autograd.Function):
+    """`moving_resonance_power` in native loops (`splat.native`): each (segment, frame) row
+    splats its atoms' partials at their moving positions; the gradient runs per atom, gathering
+    each splat's back into the frames' powers, the pitch factors and the partials' weights and
+    frequencies (then, as `resonance_spectra`'s, to the fields)."""
+
+    @staticmethod
+    def forward(
+        ctx, frames: Tensor, fields: Tensor, scale: Tensor, plan: Plan, i: int, n_partials: int
+    ) -> Tensor:
+        frames, fields, scale = frames.contiguous(), fields.contiguous(), scale.contiguous()
+        n_segments, n_frames, _ = frames.shape
+        per_segment = fields.shape[-1]
+        res = plan.resolutions[i]
+        node_weights = plan.pitch_nodes[i][1]
+        ctx.settings = (
+            n_segments,
+            per_segment,
+            n_partials,
+            plan.sample_rate / 2,
+            n_frames,
+            node_weights.numel(),
+            plan.sample_rate / res.n_fft,
+            res.n_bins,
+            SPLAT_REACH_BINS,
+            TINY_SPLAT_POWER,
+        )
+        ctx.keep = node_weights  # the array the pointer points to
+        out = frames.new_empty(n_segments, n_frames, res.n_bins)
+        table = fields.new_empty(n_segments * per_segment, 1 + 3 * n_partials)
+        native.library().moving_spectra(
+            *map(native.ptr, (fields, frames, scale, node_weights)), *ctx.settings, native.ptr(table), native.ptr(out)
+        )
+        ctx.save_for_backward(frames, fields, scale)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        frames, fields, scale = ctx.saved_tensors
+        grad_frames, grad_fields, grad_scale = map(torch.empty_like, (frames, fields, scale))
+        native.library().moving_spectra_backward(
+            *map(native.ptr, (grad.contiguous(), fields, frames, scale, ctx.keep)),
+            *ctx.settings,
+            *map(native.ptr, (grad_frames, grad_scale, grad_fields)),
+        )
+        return grad_frames, grad_fields, grad_scale, None, None, None
 
 
 class _NativeFramePowers(torch.autograd.Function):
@@ -660,8 +816,13 @@ def expected_power(
     n_partials: int,
     floor_db: Tensor | None = None,
     floor_at: list[Tensor] | None = None,
+    pitch_motion: bool = False,
 ) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
+
+    When an atom's pitch moves (a glide or a vibrato), or `pitch_motion` asks for it, the
+    partials are splatted frame by frame (`moving_resonance_power`), and the products run
+    in float32; otherwise once per atom for all frames (`resonance_spectra`).
 
     Args:
         params: Physical parameters, shape (segments, atoms).
@@ -671,6 +832,8 @@ def expected_power(
         n_partials: Maximum partials per atom.
         floor_db: Noise-floor band levels, shape (segments, bands), or None for no floor.
         floor_at: The floor envelope's frame powers from `floor_frames` (needed with `floor_db`).
+        pitch_motion: Take the moving partials' path even if no pitch moves (a fit does, so that
+            the motion's fields get gradients from a fixed pitch on).
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -678,20 +841,28 @@ def expected_power(
         (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
+    moving = pitch_motion or dsp.pitch_moves(params.f0_glide_cents_per_s, params.vibrato_cents)
     # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
     # float32, rounded once), and take their gradients so: nothing is cast around the products.
-    half = native.usable(params.time_s) and native.bfloat16_products()
+    half = not moving and native.usable(params.time_s) and native.bfloat16_products()
     dtype = torch.bfloat16 if half else None
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan, dtype=dtype)
-    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
+    if moving:
+        scales = pitch_scales(params, window_start_s, plan)
+    else:
+        tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
     n_atoms = params.time_s.shape[1]
     out = []
     for i, frames in enumerate(plan.frame_powers(powers, dtype=dtype)):  # each (segments, frames, 3 atoms)
         # One product for the noise, one for both resonance parts (bodies and short parts
         # side by side in frames and spectra). One split, not two slices: its backward is one
         # concatenation, not two zero-filled gradients.
-        if half:
+        if moving:
+            noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)
+            noisy = torch.bmm(noise_frames, noise[i])
+            tonal = moving_resonance_power(tonal_frames, params, scales[i], plan, i, n_partials=n_partials)
+        elif half:
             noisy, tonal = _BFloat16Products.apply(frames, noise[i], tonal_spectra[i])
         else:
             noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)

@@ -183,8 +183,22 @@ def test_a_version_4_atom_is_read_without_a_formant():
     assert AtomSet.from_dict(doc) == plain
 
 
-@pytest.mark.parametrize("name", ["release_s", "formant_db"])
-def test_a_version_5_atom_must_have_its_release_and_formant(name):
+def test_a_version_5_atom_is_read_with_a_fixed_pitch():
+    # Version 5 had no pitch motion: its atoms take Atom's defaults, no glide and no vibrato depth.
+    plain = _atom_set()
+    assert {(a.f0_glide_cents_per_s, a.vibrato_cents) for a in plain.atoms} == {(0.0, 0.0)}
+    moving = replace(
+        plain, atoms=tuple(replace(a, f0_glide_cents_per_s=100.0, vibrato_hz=6.0, vibrato_cents=30.0) for a in plain.atoms)
+    )
+    doc = moving.to_dict()
+    doc["version"] = 5
+    for atom in doc["atoms"]:
+        del atom["f0_glide_cents_per_s"], atom["vibrato_hz"], atom["vibrato_cents"]
+    assert AtomSet.from_dict(doc) == plain
+
+
+@pytest.mark.parametrize("name", ["release_s", "formant_db", "f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents"])
+def test_a_version_6_atom_must_have_every_field(name):
     doc = _atom_set().to_dict()
     del doc["atoms"][2][name]
     with pytest.raises(FormatError, match=rf"^atoms\[2\]\.{name} is missing$"):
@@ -203,7 +217,7 @@ def test_the_document_has_the_versioned_layout(tmp_path):
     _atom_set().save(path)
     doc = json.loads(path.read_text(encoding="utf-8"))
     assert doc["format"] == FORMAT_NAME == "splat.atoms"
-    assert doc["version"] == FORMAT_VERSION == 5
+    assert doc["version"] == FORMAT_VERSION == 6
     assert (doc["sample_rate"], doc["duration_s"], doc["gain"]) == (SAMPLE_RATE, 0.4, 1.7)
     assert (doc["envelope"], doc["n_partials"], doc["seed"]) == ("gaussian", 16, 42)
     assert doc["config"] == {"n_atoms": 3, "fft_sizes": [512, 1024], "lr": 0.02}
@@ -404,8 +418,8 @@ def _set_floor(doc: dict[str, Any], index: int, name: str, value: Any) -> dict[s
 
 DOCUMENT_ERRORS = {
     "unknown version": (
-        lambda d: _set(d, version=6),
-        r"version=6 is not supported; this splat reads versions 1, 2, 3, 4, 5",
+        lambda d: _set(d, version=7),
+        r"version=7 is not supported; this splat reads versions 1, 2, 3, 4, 5, 6",
     ),
     "version as a string": (lambda d: _set(d, version="1"), r"version='1' is not supported"),
     "version as a float": (lambda d: _set(d, version=2.0), r"version=2\.0 is not supported"),

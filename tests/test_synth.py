@@ -476,9 +476,10 @@ def test_an_atom_at_the_very_end_renders_nothing():
 
 
 def test_render_atoms_is_differentiable_in_every_field():
-    # Both atoms are released inside the 0.19 s rendered and have a formant, so those fields matter
-    # too; the second has only 3 of the 8 partials below Nyquist (silent ones must not give NaN).
-    shape = dict(formant_hz=1000.0, formant_db=6.0)
+    # Both atoms are released inside the 0.19 s rendered and have a formant, a glide and a vibrato,
+    # so those fields matter too; the second has only 3 of the 8 partials below Nyquist (silent ones
+    # must not give NaN).
+    shape = dict(formant_hz=1000.0, formant_db=6.0, f0_glide_cents_per_s=-300.0, vibrato_hz=7.0, vibrato_cents=20.0)
     atoms = [
         _atom(duration_s=0.04, release_s=0.1, **shape),
         _atom(time_s=0.15, mix=0.5, noise_seed=3, duration_s=0.02, f0_hz=3000.0, **shape),
