@@ -425,6 +425,16 @@ def pitch_bend_cents(
     return glide_cents_per_s * torch.minimum(u, duration_s) + vibrato_cents * torch.sin(2.0 * math.pi * vibrato_hz * u)
 
 
+def pitch_bend_slope_cents_per_s(
+    u_s: Tensor, glide_cents_per_s: Tensor, vibrato_hz: Tensor, vibrato_cents: Tensor, duration_s: Tensor
+) -> Tensor:
+    """d bend / du of `pitch_bend_cents` (same arguments): glide while held, plus the vibrato's, after the onset."""
+    after = u_s >= 0
+    glide = glide_cents_per_s * (after & (u_s < duration_s))
+    omega = 2.0 * math.pi * vibrato_hz
+    return glide + after * vibrato_cents * omega * torch.cos(omega * u_s.clamp_min(0.0))
+
+
 def pitch_moves(glide_cents_per_s: Tensor, vibrato_cents: Tensor) -> bool:
     """Whether any atom's pitch moves (a glide or a vibrato depth other than 0)."""
     return bool(torch.any(glide_cents_per_s != 0) or torch.any(vibrato_cents != 0))
@@ -506,7 +516,9 @@ class _MovingPartialSums(torch.autograd.Function):
         cos_sums, sin_sums = [], []
         a, b = cos_amps.unsqueeze(-2), sin_amps.unsqueeze(-2)  # (..., 1, K)
         for lo in range(0, warped.shape[-1], block):
-            c, s = _MovingPartialSums._block(freqs, phases, warped[..., lo : lo + block], scale[..., lo : lo + block], nyquist)
+            c, s = _MovingPartialSums._block(
+                freqs, phases, warped[..., lo : lo + block], scale[..., lo : lo + block], nyquist
+            )
             cos_sums.append((a @ c).squeeze(-2))
             sin_sums.append((b @ s).squeeze(-2))
         return torch.cat(cos_sums, dim=-1), torch.cat(sin_sums, dim=-1)

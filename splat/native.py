@@ -54,8 +54,9 @@ _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
 _VV = ctypes.POINTER(ctypes.c_void_p)
 #: What `moving_spectra` and its gradient take after their arrays: segments, atoms per segment,
-#: partials, Nyquist, frames, nodes, bin width, bins, reach, the smallest splat.
-_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float]
+#: partials, Nyquist, frames, nodes, bin width, bins, reach, the smallest splat, the kernel's
+#: standard deviation and the largest sweep.
+_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float, _I, _I] + [ctypes.c_float] * 3
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (
@@ -82,8 +83,8 @@ SIGNATURES = {
         None,
         [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _I, _I, _F, ctypes.c_int],
     ),
-    "moving_spectra": (None, [_F] * 4 + _MOVING_SETTINGS + [_F, _F]),
-    "moving_spectra_backward": (None, [_F] * 5 + _MOVING_SETTINGS + [_F] * 3),
+    "moving_spectra": (None, [_F] * 5 + _MOVING_SETTINGS + [_F, _F]),
+    "moving_spectra_backward": (None, [_F] * 6 + _MOVING_SETTINGS + [_F] * 4),
 }
 
 

@@ -160,9 +160,7 @@ def render_atoms(
     return gain * release * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
 
 
-def _warped_time(
-    p: dict[str, Tensor], first_s: Tensor, *, n_samples: int, sample_rate: int
-) -> tuple[Tensor, Tensor]:
+def _warped_time(p: dict[str, Tensor], first_s: Tensor, *, n_samples: int, sample_rate: int) -> tuple[Tensor, Tensor]:
     """Warped time and frequency factor of every atom at each rendered sample, float64.
 
     The warped time integrates the pitch from the onset: for an atom that started before

@@ -188,7 +188,8 @@ def test_a_version_5_atom_is_read_with_a_fixed_pitch():
     plain = _atom_set()
     assert {(a.f0_glide_cents_per_s, a.vibrato_cents) for a in plain.atoms} == {(0.0, 0.0)}
     moving = replace(
-        plain, atoms=tuple(replace(a, f0_glide_cents_per_s=100.0, vibrato_hz=6.0, vibrato_cents=30.0) for a in plain.atoms)
+        plain,
+        atoms=tuple(replace(a, f0_glide_cents_per_s=100.0, vibrato_hz=6.0, vibrato_cents=30.0) for a in plain.atoms),
     )
     doc = moving.to_dict()
     doc["version"] = 5
