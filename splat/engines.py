@@ -9,7 +9,10 @@ An engine is built once per chunk of segments (a *region* of the file, which
 may begin with the tails of atoms fitted earlier: the *background*) and maps
 `AtomParams` of shape (segments, atoms), plus optionally each segment's
 noise-floor levels (shape (segments, bands), see `splat.floor`), to the
-scalar distance.
+scalar distance. `moving` (bool, shape (segments, atoms)) names the atoms whose
+pitch motion is being fitted: they are modelled with moving partials even at a
+fixed pitch, so that their glide and vibrato get gradients (None: the atoms
+whose pitch moves).
 """
 
 from __future__ import annotations
@@ -54,9 +57,6 @@ class ModelSpec:
     n_partials: int
     resolutions: tuple[spectral.Resolution, ...]
     grid_step: int
-    #: Model every atom's partials as moving ones (even at a fixed pitch), so that the pitch
-    #: motion's fields get gradients; False: only where a pitch moves.
-    pitch_motion: bool = False
 
     @property
     def pad(self) -> int:
@@ -134,7 +134,12 @@ class FastEngine:
         return spectral.floor_frames(spans, (starts.float() / self.spec.sample_rate).unsqueeze(-1), self.plan)
 
     def _powers(
-        self, params: AtomParams, floor_db: Tensor | None, window_start_s: Tensor, floor_at: list[Tensor]
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None,
+        window_start_s: Tensor,
+        floor_at: list[Tensor],
+        moving: Tensor | None = None,
     ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
@@ -144,17 +149,22 @@ class FastEngine:
             n_partials=self.spec.n_partials,
             floor_db=floor_db,
             floor_at=floor_at,
-            pitch_motion=self.spec.pitch_motion,
+            moving=moving,
         )
 
     def split_powers(
-        self, params: AtomParams, floor_db: Tensor | None = None, *, background: bool = True
+        self,
+        params: AtomParams,
+        floor_db: Tensor | None = None,
+        *,
+        background: bool = True,
+        moving: Tensor | None = None,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
         With `background=False`, only these atoms and floors (without earlier segments' tails).
         """
-        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at)
+        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, moving)
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
             return [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
@@ -163,27 +173,37 @@ class FastEngine:
             return placed
         return [p + b for p, b in zip(placed, self.background, strict=True)]
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, *, moving: Tensor | None = None
+    ) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
-        return [p.total.float() for p in self.split_powers(params, floor_db)]
+        return [p.total.float() for p in self.split_powers(params, floor_db, moving=moving)]
 
     def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
         return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, *, moving: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
-        return self._distance(self.split_powers(params, floor_db))
+        return self._distance(self.split_powers(params, floor_db, moving=moving))
 
     def lead_distances(
-        self, lead: AtomParams, rest: AtomParams, floor_db: Tensor | None = None
+        self,
+        lead: AtomParams,
+        rest: AtomParams,
+        floor_db: Tensor | None = None,
+        *,
+        moving: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Distances of all atoms and of the `lead` atoms alone (with the floor and background), as scalars.
 
         The spectrogram is linear in the atoms, so the full model is the lead
         atoms' spectrogram plus the rest's: both distances for about the price of one.
+        `moving` holds the lead's and the rest's masks, or is None.
         """
-        lead_region = self.split_powers(lead, floor_db)
-        all_region = [a + r for a, r in zip(lead_region, self.split_powers(rest, background=False), strict=True)]
+        lead_moving, rest_moving = moving if moving is not None else (None, None)
+        lead_region = self.split_powers(lead, floor_db, moving=lead_moving)
+        rest_region = self.split_powers(rest, background=False, moving=rest_moving)
+        all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
 
 
@@ -232,7 +252,7 @@ class ReferenceEngine:
             self.background = bg
         self.atoms_per_group = atoms_per_group
 
-    def _render_group(self, white: Tensor, *fields: Tensor) -> Tensor:
+    def _render_group(self, white: Tensor, pitch_motion: bool, *fields: Tensor) -> Tensor:
         params = AtomParams(*fields)
         audio = synth.render_atoms(
             params,
@@ -242,19 +262,23 @@ class ReferenceEngine:
             start=self.first,
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
-            pitch_motion=self.spec.pitch_motion,
+            pitch_motion=pitch_motion,
         )
         return audio.sum(dim=(0, 1))
 
-    def render(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
-        """The region's audio with context: shape (n_samples + 2 * pad,)."""
+    def render(self, params: AtomParams, floor_db: Tensor | None = None, *, moving: Tensor | None = None) -> Tensor:
+        """The region's audio with context: shape (n_samples + 2 * pad,).
+
+        With any `moving` atom every atom's partials take the moving path (`synth.render_atoms`).
+        """
+        pitch_motion = moving is not None and bool(moving.any())
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
         n = flat.time_s.shape[1]
         for lo in range(0, n, self.atoms_per_group):
             group = flat.select(slice(lo, lo + self.atoms_per_group))
             white = self.white[:, lo : lo + self.atoms_per_group]
-            mix = mix + checkpoint(self._render_group, white, *vars(group).values(), use_reentrant=False)
+            mix = mix + checkpoint(self._render_group, white, pitch_motion, *vars(group).values(), use_reentrant=False)
         if floor_db is not None:
             for j, (start_s, end_s, seed) in enumerate(self.floors):
                 lo, audio = synth.render_floor_segment(
@@ -269,11 +293,13 @@ class ReferenceEngine:
             mix = mix + self.background
         return mix
 
-    def model_powers(self, params: AtomParams, floor_db: Tensor | None = None) -> list[Tensor]:
+    def model_powers(
+        self, params: AtomParams, floor_db: Tensor | None = None, *, moving: Tensor | None = None
+    ) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        audio = self.render(params, floor_db)
+        audio = self.render(params, floor_db, moving=moving)
         return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
-    def __call__(self, params: AtomParams, floor_db: Tensor | None = None) -> Tensor:
+    def __call__(self, params: AtomParams, floor_db: Tensor | None = None, *, moving: Tensor | None = None) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db))
+        return self.target.distance(self.model_powers(params, floor_db, moving=moving))

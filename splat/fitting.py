@@ -59,8 +59,17 @@ PRUNE_AT = (0.5, 0.75, 1.0)
 #: Step size of each raw field relative to `FitConfig.lr`. Adam's steps are about
 #: lr in raw units whatever the gradient scale, so these set how far a field can
 #: move per step: ~2 ms for onsets and ~6 cents for f0 at lr = 0.05, so that
-#: neither jumps out of the basin the analysis put it in.
-FIELD_STEP = {"time_s": 0.1, "f0_hz": 0.05, "inharmonicity": 0.5}
+#: neither jumps out of the basin the analysis put it in; and from a fixed pitch,
+#: ~6 cents/s of glide, ~1 cent of vibrato depth and ~1 % of its rate, so that a
+#: motion the audio does not ask for stays small.
+FIELD_STEP = {
+    "time_s": 0.1,
+    "f0_hz": 0.05,
+    "inharmonicity": 0.5,
+    "f0_glide_cents_per_s": 0.1,
+    "vibrato_hz": 0.25,
+    "vibrato_cents": 0.25,
+}
 #: Starting values of the fields the analysis does not set (physical units).
 START_SHAPE = {
     "attack_s": 0.008,
@@ -142,8 +151,9 @@ class FitConfig:
             `splat.encoder`), "analysis" (onsets x strongest pitches, `splat.analysis`) or
             "random" (quiet atoms at random times and pitches). With n_iters 0 the fit
             returns the atoms the init placed, unchanged.
-        pitch_motion: Fit each atom's glide and vibrato (`MOTION_FIELDS`, from a fixed pitch);
-            False keeps every pitch fixed (and the fast engine's cheaper fixed-pitch path).
+        pitch_motion: Fit the glide and vibrato (`MOTION_FIELDS`, from a fixed pitch) of the atoms
+            the init places on events (and of those restarted on hidden notes; with init "random",
+            of all); False keeps every pitch fixed (the fast engine's fixed-pitch path alone).
     """
 
     n_atoms: int = 64
@@ -325,7 +335,6 @@ def fit(
         n_partials=config.n_partials,
         resolutions=spectral.resolutions_for(config.fft_sizes),
         grid_step=config.grid_step,
-        pitch_motion=config.pitch_motion,
     )
     n = samples.size
     seg = config.n_segment
@@ -674,9 +683,18 @@ def _fit_chunk(
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
-    steps = [0.0 if name in MOTION_FIELDS and not config.pitch_motion else FIELD_STEP.get(name, 1.0) for name in FIELDS]
-    step_scale = torch.tensor(steps, device=device, dtype=raw0.dtype)
-    # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
+    field_steps = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device, dtype=raw0.dtype)
+    motion_columns = torch.tensor([name in MOTION_FIELDS for name in FIELDS], device=device)
+    # The atoms whose pitch motion is fitted: those the init put on an event, and later the restarts on a
+    # hidden note (with init "random", all). The others keep a fixed pitch, which costs the fast engine
+    # nothing, and cannot turn a quiet filler atom into a smear of glides.
+    movable = torch.from_numpy(starting.placed | (config.init == "random")).to(device) & config.pitch_motion
+
+    def step_scales() -> Tensor:
+        """Each atom's step size per field, shape (segments, atoms, n_fields): 0 for a fixed pitch's motion."""
+        return field_steps * ~(motion_columns & ~movable.unsqueeze(-1))
+
+    # The optimiser moves `shift`; raw = raw0 + step_scales() * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
@@ -717,15 +735,15 @@ def _fit_chunk(
     reseed_steps = {max(1, round(f * config.n_iters)) for f in RESEED_AT}
     history: list[float] = []
     for step in range(1, config.n_iters + 1):
-        raw = raw0 + step_scale * shift
+        raw = raw0 + step_scales() * shift
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
-            lead, rest = _split_by_gain(params)
-            distance, lead_distance = engine.lead_distances(lead, rest, floor_db)
+            lead, rest, lead_moving, rest_moving = _split_by_gain(params, movable)
+            distance, lead_distance = engine.lead_distances(lead, rest, floor_db, moving=(lead_moving, rest_moving))
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params, floor_db)
+            distance = fit_term = engine(params, floor_db, moving=movable)
         # Sparsity: off for the first 20 % of steps, then ramped to full weight by 70 %.
         weight = config.sparsity * min(1.0, max(0.0, (step / config.n_iters - 0.2) / 0.5))
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
@@ -738,9 +756,9 @@ def _fit_chunk(
         history.append(distance.item())
         if step in reseed_steps and step < config.n_iters:
             with torch.no_grad():
-                raw = raw0 + step_scale * shift
+                raw = raw0 + step_scales() * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current, floor_levels())
+                model_powers = engine.model_powers(current, floor_levels(), moving=movable)
                 restart = residual_restarts(
                     current,
                     active,
@@ -758,6 +776,7 @@ def _fit_chunk(
                     raw0 = torch.where(replaced.unsqueeze(-1), new_raw, raw0)
                     shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
                     optimiser.forget(0, replaced.unsqueeze(-1))
+                    movable |= replaced & config.pitch_motion
         if step in prune_steps:
             with torch.no_grad():
                 gain_db = params.gain_db
@@ -765,15 +784,16 @@ def _fit_chunk(
                 active &= gain_db > loudest - config.prune_db
                 flagged, partner = duplicate_atoms(params, active, held_until_s=held_until_s)
                 if flagged.any():
-                    current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    current = to_physical(raw0 + step_scales() * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     merged = replace(current, gain_db=_merged_gains(current.gain_db, flagged, partner))
-                    raw0 = to_raw(merged, bounds=bounds, t0_s=t0_s, span_s=span_s) - step_scale * shift.detach()
+                    raw0 = to_raw(merged, bounds=bounds, t0_s=t0_s, span_s=span_s) - step_scales() * shift.detach()
                 active &= ~flagged
             if config.engine == "fast" and step < config.n_iters:
                 # The fast engine keeps no per-atom state: drop pruned atoms from the tensors so
                 # the remaining steps cost in proportion to the atoms still active.
                 keep = _active_first(active)
                 raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
+                movable = _take(movable, keep)
                 shift = _take(shift.detach(), keep).requires_grad_(True)
                 moments = optimiser.moments[0]
                 optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
@@ -789,7 +809,7 @@ def _fit_chunk(
                 )
             )
     with torch.no_grad():
-        final = _masked(to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
+        final = _masked(to_physical(raw0 + step_scales() * shift, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         final_floor = floor_levels()
     final_seeds = None if noise_floor is None else noise_floor.seeds
     return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history)
@@ -935,12 +955,15 @@ def _merged_gains(gain_db: Tensor, flagged: Tensor, partner: Tensor) -> Tensor:
     return merged.reshape(gain_db.shape)
 
 
-def _split_by_gain(params: AtomParams) -> tuple[AtomParams, AtomParams]:
-    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2))."""
+def _split_by_gain(params: AtomParams, moving: Tensor) -> tuple[AtomParams, AtomParams, Tensor, Tensor]:
+    """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2));
+    then the same split of the `moving` mask (segments, atoms)."""
     order = torch.argsort(params.gain_db.detach(), dim=1, descending=True)
     ranked = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    ranked_moving = torch.gather(moving, 1, order)
     n_lead = (params.time_s.shape[1] + 1) // 2
-    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
+    lead, rest = ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
+    return lead, rest, ranked_moving[:, :n_lead], ranked_moving[:, n_lead:]
 
 
 def _active_first(active: Tensor) -> Tensor:

@@ -813,10 +813,10 @@ static inline void moving_shares(const Taps *taps, int64_t k, int64_t reach, flo
 #pragma omp simd
     for (int64_t t = 0; t < 2 * reach; t++) {
         const float d = d0 + (float)(t + 1 - reach), den = PI_F * d * (1.0f - d * d);
-        const float inv = 1.0f / (den * den);
-        share[t] = HANN_SHARE_SCALE * s2 * inv * power;
+        const float inv = 1.0f / den, inv2 = inv * inv;
+        share[t] = HANN_SHARE_SCALE * s2 * inv2 * power;
         if (by_pos)
-            by_pos[t] = -2.0f * HANN_SHARE_SCALE * (PI_F * sc * den - s2 * PI_F * (1.0f - 3.0f * d * d)) * inv / den;
+            by_pos[t] = -2.0f * HANN_SHARE_SCALE * (PI_F * sc * den - s2 * PI_F * (1.0f - 3.0f * d * d)) * inv2 * inv;
     }
 }
 
@@ -892,13 +892,9 @@ void moving_spectra(const float *fields, const float *frames, const float *scale
                             first -= r - reach, n_taps = 2 * r;
                             for (int64_t t = 0; t < n_taps; t++) share[t] *= power[k];
                         }
-                        if (first >= 0 && first + n_taps <= n_bins) {
+                        const int64_t lo = first < 0 ? -first : 0, hi = first + n_taps > n_bins ? n_bins - first : n_taps;
 #pragma omp simd
-                            for (int64_t t = 0; t < n_taps; t++) o[first + t] += share[t];
-                        } else {
-                            for (int64_t t = 0; t < n_taps; t++)
-                                if (first + t >= 0 && first + t < n_bins) o[first + t] += share[t];
-                        }
+                        for (int64_t t = lo; t < hi; t++) o[first + t] += share[t];
                     }
                 }
             }
@@ -950,8 +946,9 @@ void moving_spectra_backward(const float *grad, const float *fields, const float
                             first -= r - reach, n_taps = 2 * r;
                         }
                         float g_share = 0.0f, g_pos = 0.0f, g_sigma = 0.0f;
-                        for (int64_t t = 0; t < n_taps; t++) {
-                            if (first + t < 0 || first + t >= n_bins) continue;
+                        const int64_t lo = first < 0 ? -first : 0, hi = first + n_taps > n_bins ? n_bins - first : n_taps;
+#pragma omp simd reduction(+ : g_share, g_pos, g_sigma)
+                        for (int64_t t = lo; t < hi; t++) {
                             const float gb = g[first + t];
                             g_share += gb * share[t], g_pos += gb * by_pos[t], g_sigma += gb * by_sigma[t];
                         }

@@ -220,12 +220,13 @@ def pitch_nodes(
         weights, shape (J,), summing to 1; and their spans in seconds, shape (J,); float32.
     """
     n_nodes = max(1, res.n_fft // PITCH_NODE_SAMPLES)
-    w2 = (torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64) ** 2).reshape(n_nodes, -1)
-    n = torch.arange(res.n_fft, dtype=torch.float64).reshape(n_nodes, -1)
+    host = {"dtype": torch.float64, "device": "cpu"}  # built on the host whatever torch's default device
+    w2 = (torch.hann_window(res.n_fft, periodic=True, **host) ** 2).reshape(n_nodes, -1)
+    n = torch.arange(res.n_fft, **host).reshape(n_nodes, -1)
     mass = w2.sum(-1)
     centroid = (n * w2).sum(-1) / mass
     spread = torch.sqrt(((n - centroid.unsqueeze(-1)) ** 2 * w2).sum(-1) / mass)
-    centres = torch.arange(n_window // res.hop, dtype=torch.float64) * res.hop  # frame m is centred m hops in
+    centres = torch.arange(n_window // res.hop, **host) * res.hop  # frame m is centred m hops in
     times = (centres.unsqueeze(-1) + centroid - res.n_fft / 2) / sample_rate
     like = {"device": device, "dtype": torch.float32}
     return times.to(**like), (mass / mass.sum()).to(**like), (spread / sample_rate).to(**like)
@@ -387,7 +388,8 @@ class _NativeMovingSpectra(torch.autograd.Function):
             HANN_KERNEL_SIGMA_BINS,
             MAX_SWEEP_BINS,
         )
-        assert int(_sweep_reach(torch.tensor(MAX_SWEEP_BINS))) <= 64, "beyond kernels.c's MAX_MOVING_TAPS"
+        widest = math.ceil(SWEEP_REACH_SIGMAS * math.sqrt(2.0 * HANN_KERNEL_SIGMA_BINS**2 + MAX_SWEEP_BINS**2))
+        assert widest <= 64, "beyond kernels.c's MAX_MOVING_TAPS"
         ctx.keep = node_weights  # the array the pointer points to
         out = frames.new_empty(n_segments, n_frames, res.n_bins)
         table = fields.new_empty(n_segments * per_segment, 1 + 3 * n_partials)
@@ -882,13 +884,12 @@ def expected_power(
     n_partials: int,
     floor_db: Tensor | None = None,
     floor_at: list[Tensor] | None = None,
-    pitch_motion: bool = False,
+    moving: Tensor | None = None,
 ) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
 
-    When an atom's pitch moves (a glide or a vibrato), or `pitch_motion` asks for it, the
-    partials are splatted frame by frame (`moving_resonance_power`), and the products run
-    in float32; otherwise once per atom for all frames (`resonance_spectra`).
+    The partials of the `moving` atoms are splatted frame by frame (`moving_resonance_power`),
+    the others' once per atom for all frames (`resonance_spectra`, in the products).
 
     Args:
         params: Physical parameters, shape (segments, atoms).
@@ -898,8 +899,9 @@ def expected_power(
         n_partials: Maximum partials per atom.
         floor_db: Noise-floor band levels, shape (segments, bands), or None for no floor.
         floor_at: The floor envelope's frame powers from `floor_frames` (needed with `floor_db`).
-        pitch_motion: Take the moving partials' path even if no pitch moves (a fit does, so that
-            the motion's fields get gradients from a fixed pitch on).
+        moving: Which atoms to model with moving partials, bool of shape (segments, atoms); None: those
+            whose pitch moves (a glide or a vibrato depth other than 0). A fit names the atoms whose motion
+            it fits, so that their glide and depth get gradients from 0 on.
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -907,35 +909,60 @@ def expected_power(
         (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
-    moving = pitch_motion or dsp.pitch_moves(params.f0_glide_cents_per_s, params.vibrato_cents)
+    if moving is None:
+        moving = (params.f0_glide_cents_per_s != 0) | (params.vibrato_cents != 0)
+    any_moving = bool(moving.any())
     # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
     # float32, rounded once), and take their gradients so: nothing is cast around the products.
-    half = not moving and native.usable(params.time_s) and native.bfloat16_products()
+    half = native.usable(params.time_s) and native.bfloat16_products()
     dtype = torch.bfloat16 if half else None
     powers = branch_powers(params, plan.cell_s, window_start_s, grid=plan.grid, sample_rate=sr, envelope=envelope)
     noise = noise_spectra(params, plan, dtype=dtype)
-    if moving:
-        motion = pitch_scales(params, window_start_s, plan)
-    else:
-        tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
+    tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype)
     n_atoms = params.time_s.shape[1]
+    if any_moving:
+        movers, columns, keep = _moving_atoms(params, moving)
+        motion = pitch_scales(movers, window_start_s, plan)
     out = []
     for i, frames in enumerate(plan.frame_powers(powers, dtype=dtype)):  # each (segments, frames, 3 atoms)
+        if any_moving:
+            # The moving atoms' parts in the kernel; in the products, only the others' and every noise.
+            padded = torch.nn.functional.pad(frames, (0, 1))  # a zero column last, for the repeats
+            picked = torch.gather(padded, 2, columns.unsqueeze(1).expand(-1, frames.shape[1], -1)).float()
+            frames = frames * keep.to(frames.dtype)
         # One product for the noise, one for both resonance parts (bodies and short parts
         # side by side in frames and spectra). One split, not two slices: its backward is one
         # concatenation, not two zero-filled gradients.
-        if moving:
-            noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)
-            noisy = torch.bmm(noise_frames, noise[i])
-            tonal = moving_resonance_power(tonal_frames, params, *motion[i], plan, i, n_partials=n_partials)
-        elif half:
+        if half:
             noisy, tonal = _BFloat16Products.apply(frames, noise[i], tonal_spectra[i])
         else:
             noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)
             noisy = torch.bmm(noise_frames, noise[i])
             tonal = torch.bmm(tonal_frames, tonal_spectra[i])
+        if any_moving:
+            tonal = tonal.float() + moving_resonance_power(picked, movers, *motion[i], plan, i, n_partials=n_partials)
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
             noisy = torch.baddbmm(noisy.float(), floor_at[i], spectrum.unsqueeze(1))
         out.append(SplitPower(tonal, noisy))
     return out
+
+
+def _moving_atoms(params: AtomParams, moving: Tensor) -> tuple[AtomParams, Tensor, Tensor]:
+    """The moving atoms of each segment, side by side, and where their parts sit among the frames' columns.
+
+    Returns:
+        Their parameters, shape (segments, m) for the most moving atoms m of any segment (a segment with
+        fewer repeats one of its atoms, silent); the columns of their bodies, then short parts, among
+        `Plan.frame_powers`' (segments, frames, 3 atoms) and one zero column after them (3 atoms: where
+        the repeats read), shape (segments, 2 m); and the columns the products keep (every noise, the
+        other atoms' parts), shape (segments, 1, 3 atoms), 0 or 1.
+    """
+    n_atoms = moving.shape[1]
+    order = torch.argsort((~moving).to(torch.int8), dim=1, stable=True)[:, : max(1, int(moving.sum(1).max()))]
+    movers = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    present = torch.gather(moving, 1, order)
+    body = torch.where(present, order + n_atoms, 3 * n_atoms)
+    columns = torch.cat([body, torch.where(present, order + 2 * n_atoms, 3 * n_atoms)], dim=1)
+    keep = torch.cat([torch.ones_like(moving), ~moving, ~moving], dim=1).unsqueeze(1)
+    return movers, columns, keep

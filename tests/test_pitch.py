@@ -219,7 +219,7 @@ def test_at_a_fixed_pitch_the_moving_splats_are_the_fixed_ones(monkeypatch):
         dtype=torch.float32
     )
 
-    def run(pitch_motion: bool):
+    def run(moving: bool):
         values = params.stack().clone().requires_grad_(True)
         out = spectral.expected_power(
             AtomParams.unstack(values),
@@ -227,7 +227,7 @@ def test_at_a_fixed_pitch_the_moving_splats_are_the_fixed_ones(monkeypatch):
             plan,
             envelope="gamma",
             n_partials=16,
-            pitch_motion=pitch_motion,
+            moving=torch.full((1, 2), moving),
         )
         sum(
             (p.tonal * torch.rand(p.tonal.shape, generator=torch.Generator().manual_seed(i))).sum()
@@ -247,6 +247,40 @@ def test_at_a_fixed_pitch_the_moving_splats_are_the_fixed_ones(monkeypatch):
         else:
             assert ((grad_moving[:, i] - grad_fixed[:, i]).abs().max() / scale).item() < 1e-4, name
     assert (grad_moving[:, FIELDS.index("vibrato_hz")] == 0.0).all()  # no depth: the rate plays no part
+
+
+def test_moving_and_fixed_atoms_add_up(monkeypatch):
+    """Segments with different numbers of moving atoms: each atom's power is the one it has alone."""
+    monkeypatch.setenv("SPLAT_BFLOAT16", "0")
+    native.forget()
+    plan = _plan((1024, 512), n_window=8192)
+    atoms = [
+        [GLIDE, _atom(time_s=0.1, f0_hz=700.0), VIBRATO],
+        [_atom(f0_hz=200.0), replace(VIBRATO, time_s=0.02), replace(GLIDE, f0_hz=900.0, time_s=0.2)],
+    ]
+    moving = torch.tensor([[True, False, True], [False, False, True]])  # the second segment's vibrato: held
+    params = AtomParams.unstack(torch.stack([_set(*row).to_params(dtype=torch.float32)[0].stack()[0] for row in atoms]))
+    start = torch.tensor([[0.0], [0.1]])
+    kwargs = dict(envelope="gamma", n_partials=16)
+    together = spectral.expected_power(params, start, plan, moving=moving, **kwargs)
+    peak = max(float(p.tonal.abs().max()) for p in together)
+    for s in range(2):
+        for a in range(3):
+            one = params.select(slice(a, a + 1))
+            alone = spectral.expected_power(
+                AtomParams(**{k: v[s : s + 1] for k, v in vars(one).items()}),
+                start[s : s + 1],
+                plan,
+                moving=moving[s : s + 1, a : a + 1],
+                **kwargs,
+            )
+            for i, power in enumerate(alone):
+                together[i] = spectral.SplitPower(
+                    together[i].tonal.index_add(0, torch.tensor([s]), -power.tonal), together[i].noise
+                )
+    native.forget()
+    for power in together:  # what is left after taking every atom's own power away
+        assert power.tonal.abs().max() < 1e-5 * peak
 
 
 def _frame_powers(atom: Atom, res: int, seeds: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -317,7 +351,7 @@ def engines():
     truth = _set(replace(VIBRATO, vibrato_cents=40.0), replace(GLIDE, time_s=0.25, f0_hz=250.0, duration_s=0.3))
     params, seeds = truth.to_params(dtype=torch.float32)
     target = torch.tensor(synth.render_atom_set(truth))
-    spec = ModelSpec(SR, "gamma", 16, spectral.resolutions_for((2048, 1024, 512, 256)), 64, pitch_motion=True)
+    spec = ModelSpec(SR, "gamma", 16, spectral.resolutions_for((2048, 1024, 512, 256)), 64)
     region = Region(start=0, n_samples=N, segment_starts=(0,), n_segment=N)
     return params, {
         "fast": FastEngine(target, region, spec),
@@ -358,7 +392,7 @@ def test_from_a_fixed_pitch_the_gradient_points_to_the_true_motion(engines, name
     for field in ("f0_glide_cents_per_s", "vibrato_cents"):
         values[0, :, FIELDS.index(field)] = 0.0
     values.requires_grad_(True)
-    by_name[name](AtomParams.unstack(values)).backward()
+    by_name[name](AtomParams.unstack(values), moving=torch.ones(1, 2, dtype=torch.bool)).backward()
     grad = values.grad[0]
     assert grad[0, FIELDS.index("vibrato_cents")] < 0  # the truth has +40 cents
     assert grad[1, FIELDS.index("f0_glide_cents_per_s")] < 0  # and +600 cents/s
