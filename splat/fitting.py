@@ -60,13 +60,13 @@ PRUNE_AT = (0.5, 0.75, 1.0)
 #: lr in raw units whatever the gradient scale, so these set how far a field can
 #: move per step: ~2 ms for onsets and ~6 cents for f0 at lr = 0.05, so that
 #: neither jumps out of the basin the analysis put it in; and from a fixed pitch,
-#: ~6 cents/s of glide, ~1 cent of vibrato depth and ~1 % of its rate, so that a
+#: ~18 cents/s of glide, ~1 cent of vibrato depth and ~1 % of its rate, so that a
 #: motion the audio does not ask for stays small.
 FIELD_STEP = {
     "time_s": 0.1,
     "f0_hz": 0.05,
     "inharmonicity": 0.5,
-    "f0_glide_cents_per_s": 0.1,
+    "f0_glide_cents_per_s": 0.3,
     "vibrato_hz": 0.25,
     "vibrato_cents": 0.25,
 }

@@ -773,7 +773,7 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
  * splats
  *     c = node_weight[j] (P_body w_0k + P_short w_1k)
  * times the Hann power kernel around p = f_k scale / bin_hz, blurred by a sweep of sigma = f_k sweep / bin_hz
- * bins (at most max_sweep; swept_shares), unless f_k scale >= nyquist or c < tiny.
+ * bins (at most max_sweep, none below min_sweep; swept_shares), unless f_k scale >= nyquist or c < tiny.
  * table: scratch of (atoms, 1 + 3 n_partials) floats: each atom's count, frequencies and weights (fill_row).
  * out: (segments, n_frames, n_bins). Rows (segment, frame) run in parallel. */
 static void fill_row(const Partials *p, int64_t n_partials, float *row) {
@@ -851,7 +851,7 @@ static int64_t swept_shares(const Taps *taps, int64_t k, float pos, float sigma,
 void moving_spectra(const float *fields, const float *frames, const float *scale, const float *sweep,
                     const float *node_weight, int64_t segments, int64_t per_segment, int64_t n_partials,
                     float nyquist, int64_t n_frames, int64_t n_nodes, float bin_hz, int64_t n_bins, int64_t reach,
-                    float tiny, float kernel_sigma, float max_sweep, float *table, float *out) {
+                    float tiny, float kernel_sigma, float max_sweep, float min_sweep, float *table, float *out) {
     const int64_t n_atoms = segments * per_segment;
 #pragma omp parallel
     {
@@ -884,7 +884,7 @@ void moving_spectra(const float *fields, const float *frames, const float *scale
                         if (power[k] == 0.0f) continue;
                         const float sigma = fminf(row[1 + k] * sw / bin_hz, max_sweep);
                         int64_t first = taps.first[k], n_taps = 2 * reach;
-                        if (sigma == 0.0f) {
+                        if (sigma < min_sweep) {
                             moving_shares(&taps, k, reach, power[k], share, 0);
                         } else {
                             const int64_t r = swept_shares(&taps, k, freq[k] / bin_hz, sigma, reach, kernel_sigma,
@@ -907,7 +907,7 @@ void moving_spectra(const float *fields, const float *frames, const float *scale
 void moving_spectra_backward(const float *grad, const float *fields, const float *frames, const float *scale,
                              const float *sweep, const float *node_weight, int64_t segments, int64_t per_segment,
                              int64_t n_partials, float nyquist, int64_t n_frames, int64_t n_nodes, float bin_hz,
-                             int64_t n_bins, int64_t reach, float tiny, float kernel_sigma, float max_sweep,
+                             int64_t n_bins, int64_t reach, float tiny, float kernel_sigma, float max_sweep, float min_sweep,
                              float *grad_frames, float *grad_scale, float *grad_sweep, float *grad_fields) {
     const int64_t n_atoms = segments * per_segment;
 #pragma omp parallel for schedule(static)
@@ -937,7 +937,7 @@ void moving_spectra_backward(const float *grad, const float *fields, const float
                         if (power[k] == 0.0f) continue;
                         const float sigma = p.freq[k] * sw / bin_hz;
                         int64_t first = taps.first[k], n_taps = 2 * reach;
-                        if (sigma == 0.0f) {
+                        if (sigma < min_sweep) {
                             moving_shares(&taps, k, reach, 1.0f, share, by_pos);
                             for (int64_t t = 0; t < n_taps; t++) by_sigma[t] = 0.0f;
                         } else {

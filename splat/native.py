@@ -55,8 +55,8 @@ _V = ctypes.c_void_p
 _VV = ctypes.POINTER(ctypes.c_void_p)
 #: What `moving_spectra` and its gradient take after their arrays: segments, atoms per segment,
 #: partials, Nyquist, frames, nodes, bin width, bins, reach, the smallest splat, the kernel's
-#: standard deviation and the largest sweep.
-_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float, _I, _I] + [ctypes.c_float] * 3
+#: standard deviation, the largest and the smallest sweep.
+_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _I, _I, ctypes.c_float, _I, _I] + [ctypes.c_float] * 4
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (

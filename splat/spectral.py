@@ -56,8 +56,10 @@ HANN_KERNEL_SIGMA_BINS = 0.575
 PITCH_NODE_SAMPLES = 1024
 #: Splats of a moving partial whose power is below this are skipped (the loss floors powers at 1e-8).
 TINY_SPLAT_POWER = 1e-12
-#: Most a moving partial's sweep during a pitch node widens its splat, in bins (`swept_shares`).
+#: Most a moving partial's sweep during a pitch node widens its splat, in bins (`swept_shares`); a sweep
+#: under MIN_SWEEP_BINS is drawn as none (its gaussian would carry less than 1e-4 of the power).
 MAX_SWEEP_BINS = 16.0
+MIN_SWEEP_BINS = 0.005
 #: A swept splat's gaussian part reaches this many of its standard deviations (as kernels.c's SWEEP_REACH).
 SWEEP_REACH_SIGMAS = 3.0
 
@@ -264,10 +266,10 @@ def moving_resonance_power(
     at f_k * scale[m, j] (f_k at its f0, `dsp.partial_frequencies`) and splats
     v_j (P_body[m] c_k + P_short[m] c'_k) onto the bins around it with the Hann kernel, blurred
     by its sweep during the node's span, sigma = f_k * sweep[m, j] / bin_hz bins (`swept_shares`,
-    at most MAX_SWEEP_BINS). c_k and c'_k are the weights at the atom's f0 (the formant and the
-    rolloffs do not follow the moving pitch). A partial at or above Nyquist is silent there, and
-    splats below TINY_SPLAT_POWER are skipped. With every scale 1 and sweep 0 this is
-    `resonance_spectra`'s splat in every frame.
+    at most MAX_SWEEP_BINS; none under MIN_SWEEP_BINS). c_k and c'_k are the weights at the
+    atom's f0 (the formant and the rolloffs do not follow the moving pitch). A partial at or
+    above Nyquist is silent there, and splats below TINY_SPLAT_POWER are skipped. With every
+    scale 1 and sweep 0 this is `resonance_spectra`'s splat in every frame.
 
     Args:
         frames: Window-weighted power of every atom's body and short part, shape
@@ -306,6 +308,7 @@ def moving_resonance_power(
     power = torch.where((moving < nyquist) & (power >= TINY_SPLAT_POWER), power, 0.0)
     position = moving / bin_hz
     sigma = (freqs * sweep.unsqueeze(-1) / bin_hz).clamp_max(MAX_SWEEP_BINS)
+    sigma = torch.where(sigma < MIN_SWEEP_BINS, 0.0, sigma)
     pad = SPLAT_REACH_BINS
     # Each splat covers bins floor(p) + 1 - r .. floor(p) + r (`swept_shares`); all run over the widest
     # one's taps, the others' outside their own reach muted.
@@ -387,6 +390,7 @@ class _NativeMovingSpectra(torch.autograd.Function):
             TINY_SPLAT_POWER,
             HANN_KERNEL_SIGMA_BINS,
             MAX_SWEEP_BINS,
+            MIN_SWEEP_BINS,
         )
         widest = math.ceil(SWEEP_REACH_SIGMAS * math.sqrt(2.0 * HANN_KERNEL_SIGMA_BINS**2 + MAX_SWEEP_BINS**2))
         assert widest <= 64, "beyond kernels.c's MAX_MOVING_TAPS"
