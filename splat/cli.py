@@ -335,8 +335,8 @@ def fit_command(
         bool,
         typer.Option(
             "--pitch-motion/--no-pitch-motion",
-            help="Fit a glide and a vibrato per atom (moving pitches: slower steps); --no-pitch-motion keeps every"
-            " atom's pitch fixed.",
+            help="Fit a glide and a vibrato for the atoms placed on events (slower steps); --no-pitch-motion keeps"
+            " every atom's pitch fixed.",
         ),
     ] = _FIT_DEFAULTS.pitch_motion,
     sample_rate: Annotated[
