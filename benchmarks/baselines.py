@@ -205,10 +205,10 @@ def gabor_matching_pursuit(
 def gabor_atoms_for_splat_budget(n_splat_atoms: int = 64) -> int:
     """Number of Gabor atoms that hold as many numbers as `n_splat_atoms` splat atoms.
 
-    A splat atom has `splat.params.N_FIELDS` = 18 continuous numbers (its integer
+    A splat atom has `splat.params.N_FIELDS` = 21 continuous numbers (its integer
     noise seed is not counted); a Gabor atom has 5 (scale, time, frequency,
-    amplitude, phase). So 64 splat atoms = 1152 numbers = floor(1152 / 5) = 230
-    Gabor atoms (243 if the seed were counted as a 19th number).
+    amplitude, phase). So 64 splat atoms = 1344 numbers = floor(1344 / 5) = 268
+    Gabor atoms (281 if the seed were counted as a 22nd number).
     """
     if n_splat_atoms < 1:
         raise ParameterError(f"n_splat_atoms={n_splat_atoms} must be at least 1")

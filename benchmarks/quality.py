@@ -10,7 +10,7 @@ Methods, each on every 2^15-sample clip of the audio folder:
 - ``splat``: `splat.fit` with `FitConfig()` defaults (``--iters``, ``--seed``, ``--floor``, ``--room``,
   ``--polish`` and ``--perceptual`` change n_iters, seed, noise_floor, room, polish_iters and perceptual_weight).
 - ``mp64``: Gabor matching pursuit with 64 atoms (as many atoms as splat).
-- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (230 atoms).
+- ``mp_equal``: matching pursuit with as many numbers as 64 splat atoms (268 atoms).
 - ``ltas``: noise with the clip's long-term spectrum and RMS (no time structure).
 - ``random_phase``: the clip's STFT magnitudes with random phases.
 

@@ -32,15 +32,16 @@ FORMAT_VERSION = 6
 #: Versions 1 and 2 had no noise floor. Versions 1-3 had no release: their atoms get
 #: `Atom`'s defaults (`duration_s` at its maximum, so they ring out as before).
 #: Versions 1-4 had no formant: their atoms get a 0 dB one (no change). Versions 1-5 had
-#: no room (they play dry, as before) and no partial series (their atoms are strings).
+#: no room (they play dry, as before), no partial series (their atoms are strings) and no pitch
+#: motion (their atoms get no glide and a vibrato of depth 0: a fixed pitch).
 READABLE_VERSIONS = (1, 2, 3, 4, 5, FORMAT_VERSION)
 #: Atom fields each version introduced: the resonance short part (2), the release (4), the formant (5),
-#: the partial series (6).
+#: the partial series and the pitch motion (6).
 _ADDED_FIELDS = {
     2: ("short_share", "short_decay_s", "short_rolloff_db"),
     4: ("duration_s", "release_s"),
     5: ("formant_hz", "formant_db"),
-    6: ("modes",),
+    6: ("modes", "f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents"),
 }
 ENVELOPES = ("gamma", "gaussian")
 MAX_PARTIALS = 512
@@ -77,6 +78,10 @@ class Atom:
     formant_db: float = 0.0
     # Default: harmonic partials (as in format versions 1-5); see `splat.modes`.
     modes: str = "string"
+    # Defaults: a fixed pitch (as in format versions 1-5); with depth 0 the vibrato's rate plays no part.
+    f0_glide_cents_per_s: float = 0.0
+    vibrato_hz: float = 5.5
+    vibrato_cents: float = 0.0
 
     @classmethod
     def from_dict(cls, data: Any, *, index: int, bounds: Bounds, duration_s: float) -> Atom:

@@ -69,7 +69,7 @@ _DEFAULT_INIT = cast(Init, _FIT_DEFAULTS.init)
 _TRAIN_DEFAULTS = TrainConfig()
 
 #: Unit suffixes of atom field names and how a table header shows them.
-_UNIT_SUFFIXES = (("_hz", "Hz"), ("_db", "dB"), ("_s", "s"))
+_UNIT_SUFFIXES = (("_cents_per_s", "cents/s"), ("_cents", "cents"), ("_hz", "Hz"), ("_db", "dB"), ("_s", "s"))
 
 app = typer.Typer(
     name="splat",
@@ -368,6 +368,14 @@ def fit_command(
             help="Partial series an atom may take: string (harmonic), membrane (drums), bar (mallets).",
         ),
     ] = ",".join(_FIT_DEFAULTS.modes),
+    pitch_motion: Annotated[
+        bool,
+        typer.Option(
+            "--pitch-motion/--no-pitch-motion",
+            help="Fit a glide and a vibrato for the atoms placed on events (steps 1.9-6x slower); off by default:"
+            " every atom's pitch stays fixed.",
+        ),
+    ] = _FIT_DEFAULTS.pitch_motion,
     sample_rate: Annotated[
         int,
         typer.Option(
@@ -452,6 +460,7 @@ def fit_command(
             noise_floor=noise_floor,
             room=room,
             modes=tuple(name.strip() for name in modes.split(",") if name.strip()),
+            pitch_motion=pitch_motion,
             segment_s=segment_s,
             sample_rate=sample_rate,
             init=init,
@@ -780,7 +789,11 @@ def edit_command(
     shift: Annotated[float | None, typer.Option(metavar="SECONDS", help="Move onsets by this many seconds.")] = None,
     stretch: Annotated[
         float | None,
-        typer.Option(metavar="FACTOR", help="Scale onsets, durations and decays (pitch kept); above 1 is slower."),
+        typer.Option(
+            metavar="FACTOR",
+            help="Scale onsets, durations and decays (pitch kept, glides and vibratos slowed alike); above 1 is"
+            " slower.",
+        ),
     ] = None,
     gain: Annotated[float | None, typer.Option(metavar="DB", help="Add this many dB to the gain.")] = None,
     decay: Annotated[float | None, typer.Option(metavar="FACTOR", help="Scale the ring times (decays).")] = None,

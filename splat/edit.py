@@ -56,6 +56,9 @@ ROOM_OPERATIONS = ("room_level", "dry")
 MAX_WHERE_CHARS = 500
 #: Fields a time stretch scales (onsets, durations and decays; pitch is kept).
 STRETCHED_FIELDS = ("time_s", "duration_s", "release_s", "decay_s", "short_decay_s")
+#: Rates a time stretch divides by its factor, so that a glide covers the same cents over the
+#: stretched note and a vibrato keeps its cycles (the vibrato's rate only where it has a depth).
+SLOWED_FIELDS = ("f0_glide_cents_per_s", "vibrato_hz")
 #: Fields `decay` scales: the body's and the short part's ring times.
 DECAY_FIELDS = ("decay_s", "short_decay_s")
 
@@ -84,7 +87,8 @@ class Edit:
 
     Attributes:
         op: One of `OPERATIONS`: "transpose" (semitones), "shift" (seconds),
-            "stretch" (factor > 0 on onsets, durations and decays; pitch kept),
+            "stretch" (factor > 0 on onsets, durations and decays; pitch kept, the
+            glide's and the vibrato's rates divided by it),
             "gain" (dB), "decay" (factor > 0 on the ring times), "keep" (the
             N loudest selected atoms stay, the other selected ones go),
             "drop" (remove the selected atoms), "tonal_only" (mix 1),
@@ -316,6 +320,9 @@ def _changed_fields(atom: Atom, step: Edit, bounds: Bounds) -> dict[str, float]:
         stretched = {name: getattr(atom, name) * amount for name in STRETCHED_FIELDS}
         if atom.duration_s >= bounds.duration_s.hi:  # the top duration means "never released": it stays so
             stretched["duration_s"] = atom.duration_s
+        stretched |= {name: getattr(atom, name) / amount for name in SLOWED_FIELDS}
+        if atom.vibrato_cents == 0.0:  # no vibrato: its rate plays no part, and must not leave its range
+            stretched["vibrato_hz"] = atom.vibrato_hz
         return stretched
     if step.op == "gain":
         return {"gain_db": atom.gain_db + amount}

@@ -53,8 +53,28 @@ N_PITCHES = 91
 HARMONICS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 #: Pitch offsets (semitones) the interval block reads: unison, fifths, octaves, twelfths, two octaves.
 INTERVALS = (-24, -19, -12, -7, 0, 7, 12, 19, 24)
-#: The fields regressed in raw units (all but the onset and f0, which come from the cell).
-RAW_FIELDS = tuple(name for name in FIELDS if name not in ("time_s", "f0_hz"))
+#: The fields regressed in raw units (all but the onset and f0, which come from the cell, and the
+#: pitch motion, which the network was not trained on: its proposals have a fixed pitch, `MOTION_START`).
+RAW_FIELDS = (
+    "gain_db",
+    "attack_s",
+    "spread_s",
+    "noise_center_hz",
+    "noise_bandwidth_hz",
+    "inharmonicity",
+    "rolloff_db",
+    "decay_s",
+    "mix",
+    "short_share",
+    "short_decay_s",
+    "short_rolloff_db",
+    "duration_s",
+    "release_s",
+    "formant_hz",
+    "formant_db",
+)
+#: The pitch motion of every proposal: none (`Atom`'s defaults, with which the pitch stays fixed).
+MOTION_START = {name: getattr(Atom, name) for name in ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")}
 #: Output channels: logit, onset offset (frames), f0 offset (semitones), then RAW_FIELDS.
 N_OUTPUTS = 3 + len(RAW_FIELDS)
 #: Floor of the input's log power, dB.
@@ -373,7 +393,9 @@ class Encoder:
         for i, name in enumerate(RAW_FIELDS):
             raw[0, :, FIELDS.index(name)] = rest[:, i]
         phys = to_physical(raw, bounds=bounds, t0_s=torch.zeros(1, 1), span_s=1.0)
-        params = AtomParams(**(vars(phys) | {"time_s": time_s[None], "f0_hz": f0_hz[None]}))
+        fixed = {"time_s": time_s[None], "f0_hz": f0_hz[None]}
+        fixed |= {name: torch.full_like(f0_hz[None], value) for name, value in MOTION_START.items()}
+        params = AtomParams(**(vars(phys) | fixed))
         return Proposals(params, rest[:, -1])
 
     def propose(self, audio: np.ndarray, sample_rate: int, *, max_atoms: int = 4096, seed: int = 0) -> AtomSet:

@@ -11,7 +11,10 @@ may begin with the tails of atoms fitted earlier: the *background*) and maps
 noise-floor levels (shape (segments, bands), see `splat.floor`), the room
 (`splat.room`: it reverberates everything else) and each atom's partial series
 (`modes`, indices into `splat.modes.MODES` of shape (segments, atoms); None: all
-strings), to the scalar distance.
+strings), to the scalar distance. `moving` (bool, shape (segments, atoms)) names
+the atoms whose pitch motion is being fitted: they are modelled with moving
+partials even at a fixed pitch, so that their glide and vibrato get gradients
+(None: the atoms whose pitch moves).
 """
 
 from __future__ import annotations
@@ -160,6 +163,7 @@ class FastEngine:
         modes: Tensor | None,
         *,
         bfloat16: bool = True,
+        moving: Tensor | None = None,
     ) -> list[spectral.SplitPower]:
         return spectral.expected_power(
             params,
@@ -171,6 +175,7 @@ class FastEngine:
             floor_at=floor_at,
             modes=modes,
             bfloat16=bfloat16,
+            moving=moving,
         )
 
     def split_powers(
@@ -182,6 +187,7 @@ class FastEngine:
         room: RoomParams | None = None,
         modes: Tensor | None = None,
         bfloat16: bool = True,
+        moving: Tensor | None = None,
     ) -> list[spectral.SplitPower]:
         """Expected power spectrogram of the region per resolution, partials and noise, each (frames, bins).
 
@@ -190,7 +196,9 @@ class FastEngine:
         all that is added to the noise. `modes`: the atoms' series (None: strings); `bfloat16`
         as `spectral.expected_power` takes it.
         """
-        powers = self._powers(params, floor_db, self.window_start_s, self.floor_at, modes, bfloat16=bfloat16)
+        powers = self._powers(
+            params, floor_db, self.window_start_s, self.floor_at, modes, bfloat16=bfloat16, moving=moving
+        )
         if self.direct:  # no background in the direct case
             # A view, not t[0]: indexing's backward writes the gradient into a zero-filled copy.
             region = [p.map(lambda t: t.view(t.shape[1:])) for p in powers]
@@ -214,13 +222,14 @@ class FastEngine:
         room: RoomParams,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> list[Tensor]:
         """The room's recursions `n_samples` into the region (where the next one starts), per resolution.
 
         They carry all that sounded up to there (these atoms, floors and background,
         and what rang in the room before the region) into the next region's `room_states`.
         """
-        dry = self.split_powers(params, floor_db, modes=modes)
+        dry = self.split_powers(params, floor_db, modes=modes, moving=moving)
         states = self.room_states if self.room_states is not None else [None] * len(dry)
         return [
             bands.carry(p.total, room, n_frames=n_samples // bands.hop, state=state)
@@ -234,9 +243,10 @@ class FastEngine:
         room: RoomParams | None = None,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> list[Tensor]:
         """Expected power spectrogram of the region (with the background) per resolution, shape (frames, bins)."""
-        return [p.total.float() for p in self.split_powers(params, floor_db, room=room, modes=modes)]
+        return [p.total.float() for p in self.split_powers(params, floor_db, room=room, modes=modes, moving=moving)]
 
     def _distance(self, powers: list[spectral.SplitPower]) -> Tensor:
         return self.target.distance([p.tonal for p in powers], [p.noise for p in powers])
@@ -248,9 +258,10 @@ class FastEngine:
         room: RoomParams | None = None,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar), noise compared by its statistics (`loss`)."""
-        return self._distance(self.split_powers(params, floor_db, room=room, modes=modes))
+        return self._distance(self.split_powers(params, floor_db, room=room, modes=modes, moving=moving))
 
     def lead_distances(
         self,
@@ -260,17 +271,19 @@ class FastEngine:
         room: RoomParams | None = None,
         *,
         modes: tuple[Tensor, Tensor] | None = None,
+        moving: tuple[Tensor, Tensor] | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Distances of all atoms and of the `lead` atoms alone (with the floor, background and room), as scalars.
 
         The spectrogram is linear in the atoms, and so is the room's reverberation of
         it, so the full model is the lead atoms' spectrogram plus the rest's: both
         distances for about the price of one. `modes` holds the lead's and the rest's
-        series (None: all strings).
+        series (None: all strings), `moving` their masks (or is None).
         """
         lead_modes, rest_modes = (None, None) if modes is None else modes
-        lead_region = self.split_powers(lead, floor_db, room=room, modes=lead_modes)
-        rest_region = self.split_powers(rest, background=False, room=room, modes=rest_modes)
+        lead_moving, rest_moving = (None, None) if moving is None else moving
+        lead_region = self.split_powers(lead, floor_db, room=room, modes=lead_modes, moving=lead_moving)
+        rest_region = self.split_powers(rest, background=False, room=room, modes=rest_modes, moving=rest_moving)
         all_region = [a + r for a, r in zip(lead_region, rest_region, strict=True)]
         return self._distance(all_region), self._distance(lead_region)
 
@@ -299,6 +312,8 @@ class FastEngine:
         still, where the atoms taken out held nearly all of a cell's power, the remainder is
         known only to ~1e-7 of it, so a candidate's distance is an estimate (to ~1e-4 of it),
         good for ranking candidates; `fitting.choose_series` lets the distance itself decide.
+        Every pitch is taken as fixed here (moving partials are not separable): the estimates
+        leave the pitch motion out, the distance that decides models it.
 
         Args:
             params, floor_db, modes: The current atoms (shape (segments, atoms)), floor levels
@@ -311,7 +326,9 @@ class FastEngine:
         Returns:
             The current distance (scalar) and each candidate's, shape (candidates,), float64.
         """
-        current = [p.map(lambda t: t.float()) for p in self.split_powers(params, floor_db, modes=modes, bfloat16=False)]
+        fixed = torch.zeros_like(params.time_s, dtype=torch.bool)
+        powers = self.split_powers(params, floor_db, modes=modes, bfloat16=False, moving=fixed)
+        current = [p.map(lambda t: t.float()) for p in powers]
         totals = [torch.stack(loss.error_sums(p.tonal, p.noise, y, log_y)) for p, y, log_y in self._targets(current)]
         distances = torch.zeros(segments.numel(), dtype=torch.float64, device=segments.device)
         for segment in segments.unique().tolist():
@@ -435,7 +452,9 @@ class ReferenceEngine:
         """File samples [first, end) the engine renders: the region and half the longest FFT on each side."""
         return region.start - spec.pad, region.start + region.n_samples + spec.pad
 
-    def _render_group(self, white: Tensor, modes: Tensor | None, first: int, n_samples: int, *fields: Tensor) -> Tensor:
+    def _render_group(
+        self, white: Tensor, modes: Tensor | None, pitch_motion: bool, first: int, n_samples: int, *fields: Tensor
+    ) -> Tensor:
         params = AtomParams(*fields)
         audio = synth.render_atoms(
             params,
@@ -446,6 +465,7 @@ class ReferenceEngine:
             envelope=self.spec.envelope,
             n_partials=self.spec.n_partials,
             modes=modes,
+            pitch_motion=pitch_motion,
         )
         return audio.sum(dim=(0, 1))
 
@@ -456,13 +476,16 @@ class ReferenceEngine:
         room: RoomParams | None = None,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> Tensor:
         """The region's audio with context: shape (n_samples + 2 * pad,).
 
         With a `room`, its reverberation of these atoms and floors is added (the
         background brings its own: it was rendered with the room). `modes`: the
-        atoms' series (None: strings).
+        atoms' series (None: strings). With any `moving` atom every atom's partials
+        take the moving path (`synth.render_atoms`).
         """
+        pitch_motion = moving is not None and bool(moving.any())
         flat = AtomParams.unstack(params.stack().reshape(1, -1, len(vars(params))))
         flat_modes = None if modes is None else modes.reshape(1, -1)
         mix = torch.zeros(self.n_context, device=self.white.device, dtype=self.white.dtype)
@@ -481,7 +504,14 @@ class ReferenceEngine:
                 continue
             group_modes = None if flat_modes is None else flat_modes[:, lo : lo + self.atoms_per_group]
             audio = checkpoint(
-                self._render_group, white, group_modes, first, end - first, *vars(group).values(), use_reentrant=False
+                self._render_group,
+                white,
+                group_modes,
+                pitch_motion,
+                first,
+                end - first,
+                *vars(group).values(),
+                use_reentrant=False,
             )
             mix = mix + torch.nn.functional.pad(audio, (first - self.first, self.first + self.n_context - end))
         if floor_db is not None:
@@ -509,9 +539,10 @@ class ReferenceEngine:
         room: RoomParams | None = None,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> list[Tensor]:
         """Power spectrogram of the rendered region per resolution, shape (frames, bins)."""
-        audio = self.render(params, floor_db, room, modes=modes)
+        audio = self.render(params, floor_db, room, modes=modes, moving=moving)
         return loss.region_powers(audio, self.spec.pad, self.region.n_samples, self.spec.resolutions)
 
     def __call__(
@@ -521,6 +552,7 @@ class ReferenceEngine:
         room: RoomParams | None = None,
         *,
         modes: Tensor | None = None,
+        moving: Tensor | None = None,
     ) -> Tensor:
         """Multi-resolution STFT distance of the region (scalar)."""
-        return self.target.distance(self.model_powers(params, floor_db, room, modes=modes))
+        return self.target.distance(self.model_powers(params, floor_db, room, modes=modes, moving=moving))

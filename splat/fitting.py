@@ -69,8 +69,17 @@ PRUNE_AT = (0.5, 0.75, 1.0)
 #: Step size of each raw field relative to `FitConfig.lr`. Adam's steps are about
 #: lr in raw units whatever the gradient scale, so these set how far a field can
 #: move per step: ~2 ms for onsets and ~6 cents for f0 at lr = 0.05, so that
-#: neither jumps out of the basin the analysis put it in.
-FIELD_STEP = {"time_s": 0.1, "f0_hz": 0.05, "inharmonicity": 0.5}
+#: neither jumps out of the basin the analysis put it in; and from a fixed pitch,
+#: ~18 cents/s of glide, ~1 cent of vibrato depth and ~1 % of its rate, so that a
+#: motion the audio does not ask for stays small.
+FIELD_STEP = {
+    "time_s": 0.1,
+    "f0_hz": 0.05,
+    "inharmonicity": 0.5,
+    "f0_glide_cents_per_s": 0.3,
+    "vibrato_hz": 0.25,
+    "vibrato_cents": 0.25,
+}
 #: Starting values of the fields the analysis does not set (physical units).
 START_SHAPE = {
     "attack_s": 0.008,
@@ -88,7 +97,13 @@ START_SHAPE = {
     "release_s": 0.3,
     "formant_hz": 2500.0,
     "formant_db": 3.0,
+    # A fixed pitch: no glide, a vibrato of depth 0 (its rate a typical one, for when the depth grows).
+    "f0_glide_cents_per_s": 0.0,
+    "vibrato_hz": 5.5,
+    "vibrato_cents": 0.0,
 }
+#: The fields of the pitch motion, held at their starting values in a fit without it.
+MOTION_FIELDS = ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")
 #: An atom starts with its release START_OVERLAP times as far from its onset as the next
 #: onset the analysis found at least MIN_START_DURATION_S later, or LAST_START_DURATION_S
 #: after it if there is none: a note is first taken to ring a little into the next one, and
@@ -174,6 +189,9 @@ class FitConfig:
         modes: Partial series (`splat.modes.MODES`) the fit may give an atom. Atoms start as strings;
             with others allowed, the fit tries them on every event at `SERIES_AT` (fast engine only).
             ("string",) keeps every atom harmonic.
+        pitch_motion: Fit the glide and vibrato (`MOTION_FIELDS`, from a fixed pitch) of the atoms
+            the init places on events (and of those restarted on hidden notes; with init "random",
+            of all); False (the default) keeps every pitch fixed (the fast engine's fixed-pitch path alone).
     """
 
     n_atoms: int = 64
@@ -198,6 +216,7 @@ class FitConfig:
     polish_iters: int = 0
     perceptual_weight: float = 0.0
     modes: tuple[str, ...] = MODES
+    pitch_motion: bool = False
 
     def validate(self) -> None:
         """Raises:
@@ -793,8 +812,18 @@ def _fit_chunk(
     t0_s, span_s = _onset_windows(region, n, spec.sample_rate, device)
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32, device=device) for k in FIELDS})
     raw0 = to_raw(start, bounds=bounds, t0_s=t0_s, span_s=span_s).detach()
-    step_scale = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device, dtype=raw0.dtype)
-    # The optimiser moves `shift`; raw = raw0 + step_scale * shift gives every field its own step size.
+    field_steps = torch.tensor([FIELD_STEP.get(name, 1.0) for name in FIELDS], device=device, dtype=raw0.dtype)
+    motion_columns = torch.tensor([name in MOTION_FIELDS for name in FIELDS], device=device)
+    # The atoms whose pitch motion is fitted: those the init put on an event, and later the restarts on a
+    # hidden note (with init "random", all). The others keep a fixed pitch, which costs the fast engine
+    # nothing, and cannot turn a quiet filler atom into a smear of glides.
+    movable = torch.from_numpy(starting.placed | (config.init == "random")).to(device) & config.pitch_motion
+
+    def step_scales() -> Tensor:
+        """Each atom's step size per field, shape (segments, atoms, n_fields): 0 for a fixed pitch's motion."""
+        return field_steps * ~(motion_columns & ~movable.unsqueeze(-1))
+
+    # The optimiser moves `shift`; raw = raw0 + step_scales() * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
     # Every atom starts as a string; `choose_series` tries the others on the events.
@@ -844,17 +873,17 @@ def _fit_chunk(
     series_steps = {max(1, round(f * config.n_iters)) for f in SERIES_AT} if len(allowed) > 1 else set()
     history: list[float] = []
     for step in range(1, config.n_iters + 1):
-        raw = raw0 + step_scale * shift
+        raw = raw0 + step_scales() * shift
         params = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
         floor_db = floor_levels()
         if config.greedy > 0 and params.time_s.shape[1] > 1:
-            lead, rest, lead_modes, rest_modes = _split_by_gain(params, modes)
+            lead, rest, split_modes, split_moving = _split_by_gain(params, modes, movable)
             distance, lead_distance = engine.lead_distances(
-                lead, rest, floor_db, room_now(), modes=(lead_modes, rest_modes)
+                lead, rest, floor_db, room_now(), modes=split_modes, moving=split_moving
             )
             fit_term = distance + config.greedy * lead_distance
         else:
-            distance = fit_term = engine(params, floor_db, room_now(), modes=modes)
+            distance = fit_term = engine(params, floor_db, room_now(), modes=modes, moving=movable)
         weight = _sparsity_weight(step, config)
         # L1 on each atom's gain in dB above the floor (as a 0..1 share of the gain range):
         # a steady downward pull that only atoms the loss needs can resist.
@@ -866,9 +895,9 @@ def _fit_chunk(
         history.append(distance.item())
         if step in reseed_steps and step < config.n_iters:
             with torch.no_grad():
-                raw = raw0 + step_scale * shift
+                raw = raw0 + step_scales() * shift
                 current = _masked(to_physical(raw, bounds=bounds, t0_s=t0_s, span_s=span_s), active)
-                model_powers = engine.model_powers(current, floor_levels(), room_now(), modes=modes)
+                model_powers = engine.model_powers(current, floor_levels(), room_now(), modes=modes, moving=movable)
                 restart = residual_restarts(
                     current,
                     active,
@@ -887,6 +916,7 @@ def _fit_chunk(
                     modes.masked_fill_(replaced, STRING)  # a restart is a hidden note: a string
                     shift.masked_fill_(replaced.unsqueeze(-1), 0.0)
                     optimiser.forget(0, replaced.unsqueeze(-1))
+                    movable |= replaced & config.pitch_motion
         if step in prune_steps:
             with torch.no_grad():
                 gain_db = params.gain_db
@@ -894,30 +924,39 @@ def _fit_chunk(
                 active &= gain_db > loudest - config.prune_db
                 flagged, partner = duplicate_atoms(params, active, held_until_s=held_until_s)
                 if flagged.any():
-                    current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                    current = to_physical(raw0 + step_scales() * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
                     merged = replace(current, gain_db=_merged_gains(current.gain_db, flagged, partner))
-                    raw0 = to_raw(merged, bounds=bounds, t0_s=t0_s, span_s=span_s) - step_scale * shift.detach()
+                    raw0 = to_raw(merged, bounds=bounds, t0_s=t0_s, span_s=span_s) - step_scales() * shift.detach()
                 active &= ~flagged
             if config.engine == "fast" and step < config.n_iters:
                 # The fast engine keeps no per-atom state: drop pruned atoms from the tensors so
                 # the remaining steps cost in proportion to the atoms still active.
                 keep = _active_first(active)
                 raw0, seeds, active = _take(raw0, keep), _take(seeds, keep.cpu()), _take(active, keep)
-                modes = _take(modes, keep)
+                modes, movable = _take(modes, keep), _take(movable, keep)
                 shift = _take(shift.detach(), keep).requires_grad_(True)
                 moments = optimiser.moments[0]
                 optimiser.replace(0, shift, _take(moments.exp_avg, keep), _take(moments.exp_avg_sq, keep))
         if step in series_steps and isinstance(engine, FastEngine):
             with torch.no_grad():
-                current = to_physical(raw0 + step_scale * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
+                current = to_physical(raw0 + step_scales() * shift, bounds=bounds, t0_s=t0_s, span_s=span_s)
                 per_level = _sparsity_weight(step, config) / active.shape[0]
                 choice = choose_series(
-                    engine, current, floor_levels(), modes, active, allowed, per_level, bounds, room=room_now()
+                    engine,
+                    current,
+                    floor_levels(),
+                    modes,
+                    active,
+                    allowed,
+                    per_level,
+                    bounds,
+                    room=room_now(),
+                    moving=movable,
                 )
                 modes, active = choice.modes, choice.active
                 if choice.changed.any():
                     merged = to_raw(choice.params, bounds=bounds, t0_s=t0_s, span_s=span_s)
-                    raw0 = torch.where(choice.changed.unsqueeze(-1), merged - step_scale * shift.detach(), raw0)
+                    raw0 = torch.where(choice.changed.unsqueeze(-1), merged - step_scales() * shift.detach(), raw0)
         if callback is not None:
             callback(
                 FitProgress(
@@ -929,7 +968,7 @@ def _fit_chunk(
                     n_active=int(active.sum()),
                 )
             )
-    raw = (raw0 + step_scale * shift).detach()
+    raw = (raw0 + step_scales() * shift).detach()
     if config.polish_iters > 0 and active.any():
         background = context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0])
 
@@ -952,7 +991,8 @@ def _fit_chunk(
             active,
             seeds,
             modes,
-            step_scale,
+            movable,
+            step_scales(),
             noise_floor,
             bounds,
             config,
@@ -981,7 +1021,9 @@ def _fit_chunk(
             room_fit.states = None
             if isinstance(engine, FastEngine) and chunk < n_chunks - 1:
                 n_carried = len(region.segment_starts) * region.n_segment
-                room_fit.states = engine.room_states_at(n_carried, final, final_floor, room_fit.params(), modes=modes)
+                room_fit.states = engine.room_states_at(
+                    n_carried, final, final_floor, room_fit.params(), modes=modes, moving=movable
+                )
     final_seeds = None if noise_floor is None else noise_floor.seeds
     return _ChunkFit(final, torch.where(active.cpu(), seeds, -1), final_floor, final_seeds, history, modes, room_fit)
 
@@ -992,6 +1034,7 @@ def _polish(
     active: Tensor,
     seeds: Tensor,
     modes: Tensor,
+    moving: Tensor,
     step_scale: Tensor,
     noise_floor: _FloorFit | None,
     bounds: Bounds,
@@ -1017,7 +1060,9 @@ def _polish(
         active: Shape (segments, atoms), bool.
         seeds: The atoms' noise seeds, shape (segments, atoms), on the CPU.
         modes: Their partial series (indices into `MODES`), shape (segments, atoms).
-        step_scale: Step size of each field, shape (fields,) (`FIELD_STEP`).
+        moving: The atoms whose pitch motion is fitted, shape (segments, atoms), bool (as the fit's steps).
+        step_scale: Step size of each atom's fields, shape (segments, atoms, fields) (`FIELD_STEP`; 0 for
+            the motion of an atom that does not move).
         noise_floor: The chunk's noise floor (its levels are polished too), or None.
         bounds: Physical ranges.
         config: Fit settings.
@@ -1033,23 +1078,25 @@ def _polish(
     rows, cols = rows[order], cols[order]
     engine = engine_for(seeds[rows.cpu(), cols.cpu()].unsqueeze(0))
     base = raw[rows, cols].unsqueeze(0)  # (1, active atoms, fields)
-    atom_modes = modes[rows, cols].unsqueeze(0)
+    atom_modes, atom_moving = modes[rows, cols].unsqueeze(0), moving[rows, cols].unsqueeze(0)
     atom_t0, atom_span = t0_s[rows].T, span_s[rows].T  # (1, active atoms)
-    moving = step_scale * torch.tensor([name not in POLISH_FIXED for name in FIELDS], device=raw.device)
+    free = torch.tensor([name not in POLISH_FIXED for name in FIELDS], device=raw.device)
+    steps = step_scale[rows, cols].unsqueeze(0) * free
     shift = torch.zeros_like(base, requires_grad=True)
     optimiser = Adam([shift] if noise_floor is None else [shift, noise_floor.shift])
     gain_range = bounds.gain_db.hi - bounds.gain_db.lo
     n_segments = active.shape[0]
     for step in range(1, config.polish_iters + 1):
-        params = to_physical(base + moving * shift, bounds=bounds, t0_s=atom_t0, span_s=atom_span)
-        distance = engine(params, None if noise_floor is None else noise_floor.levels_db(), room, modes=atom_modes)
+        params = to_physical(base + steps * shift, bounds=bounds, t0_s=atom_t0, span_s=atom_span)
+        floor_db = None if noise_floor is None else noise_floor.levels_db()
+        distance = engine(params, floor_db, room, modes=atom_modes, moving=atom_moving)
         level = (params.gain_db - bounds.gain_db.lo) / gain_range
         objective = distance + config.sparsity * level.sum() / n_segments
         optimiser.zero_grad()
         objective.backward()
         optimiser.step(POLISH_LR * config.lr * warmup_cosine(step - 1, config.polish_iters))
         yield step, distance.item()
-    raw[rows, cols] = (base + moving * shift).detach()[0]
+    raw[rows, cols] = (base + steps * shift).detach()[0]
 
 
 def context_background(
@@ -1166,6 +1213,7 @@ def choose_series(
     bounds: Bounds,
     *,
     room: RoomParams | None = None,
+    moving: Tensor | None = None,
 ) -> SeriesChoice:
     """Discrete steps on the series of the events: each atom's, and whether simultaneous atoms are one strike.
 
@@ -1194,6 +1242,8 @@ def choose_series(
         bounds: Physical ranges.
         room: The file's room now, or None. The estimates leave it out (they rank the
             candidates); the objective that decides includes it.
+        moving: The atoms whose pitch motion is fitted, shape (segments, atoms), or None (as the
+            engine takes it). The estimates leave the motion out; the objective that decides models it.
     """
     state = (params, modes, active)
     changed = torch.zeros_like(active)
@@ -1212,10 +1262,10 @@ def choose_series(
         if not picked:
             break
         # The estimates rank the candidates; the objective itself decides.
-        base = float(engine(current, floor_db, room, modes=state[1]))
+        base = float(engine(current, floor_db, room, modes=state[1], moving=moving))
         for chosen in (picked, picked[:1]) if len(picked) > 1 else (picked,):
             trial = _apply(chosen, changes, atoms, *state)
-            distance = float(engine(_masked(trial[0], trial[2]), floor_db, room, modes=trial[1]))
+            distance = float(engine(_masked(trial[0], trial[2]), floor_db, room, modes=trial[1], moving=moving))
             if distance - base + float(penalties[chosen].sum()) < 0.0:
                 break
         else:
@@ -1471,18 +1521,23 @@ def _merged_gains(gain_db: Tensor, flagged: Tensor, partner: Tensor) -> Tensor:
     return merged.reshape(gain_db.shape)
 
 
-def _split_by_gain(params: AtomParams, modes: Tensor) -> tuple[AtomParams, AtomParams, Tensor, Tensor]:
+def _split_by_gain(
+    params: AtomParams, modes: Tensor, moving: Tensor
+) -> tuple[AtomParams, AtomParams, tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """The louder half of each segment's atoms (by gain), and the rest; shapes (segments, ceil(atoms / 2)).
 
     Returns:
-        The lead and the rest, then their series (`modes`, shape (segments, atoms), split alike).
+        The lead and the rest, then their series (`modes`, shape (segments, atoms), split alike) and
+        their `moving` masks (shape (segments, atoms), split alike), each as (lead's, rest's) as
+        `FastEngine.lead_distances` takes them.
     """
     order = torch.argsort(params.gain_db.detach(), dim=1, descending=True)
     ranked = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
-    ranked_modes = torch.gather(modes, 1, order)
+    ranked_modes, ranked_moving = torch.gather(modes, 1, order), torch.gather(moving, 1, order)
     n_lead = (params.time_s.shape[1] + 1) // 2
-    lead_modes, rest_modes = ranked_modes[:, :n_lead], ranked_modes[:, n_lead:]
-    return ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None)), lead_modes, rest_modes
+    lead, rest = ranked.select(slice(0, n_lead)), ranked.select(slice(n_lead, None))
+    split_modes = (ranked_modes[:, :n_lead], ranked_modes[:, n_lead:])
+    return lead, rest, split_modes, (ranked_moving[:, :n_lead], ranked_moving[:, n_lead:])
 
 
 def _active_first(active: Tensor) -> Tensor:

@@ -784,6 +784,55 @@ void resonance_spectra(const float *fields, int64_t n_atoms, int64_t per_segment
     }
 }
 
+/* The gradient of the partials' weights and frequencies (d_weight, d_freq; d_freq is
+ * overwritten) through the normalisation, the roll-offs and the formant gains to atom i's
+ * fields, written into grad_fields (PARTIAL_FIELDS, atoms). */
+static void partials_backward(const Partials *p, const float *fields, int64_t n_atoms, int64_t i,
+                              float d_weight[2][MAX_PARTIALS], float *d_freq, float *grad_fields) {
+    float d_gain[MAX_PARTIALS];
+    for (int64_t j = 0; j < p->n_active; j++) d_gain[j] = 0.0f;
+    const float *f = fields + i;
+    float *gf = grad_fields + i;
+#define F(name) f[(name) * n_atoms]
+#define G(name) gf[(name) * n_atoms]
+    const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY), formant_hz = F(PARTIAL_FORMANT_HZ);
+    const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
+                              -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
+    float d_log_rho[2] = {0.0f, 0.0f}, d_boost = 0.0f, d_formant_hz = 0.0f, d_f0 = 0.0f, d_b = 0.0f;
+    for (int part = 0; part < 2; part++) {
+        /* w_j = shaped_j / total: d shaped_j = (d w_j - sum_i d w_i w_i) / total (total > 1e-30). */
+        const float total = fmaxf(p->total[part], 1e-30f);
+        float mean = 0.0f;
+        if (p->total[part] > 1e-30f)
+            for (int64_t j = 0; j < p->n_active; j++) mean += d_weight[part][j] * p->weight[part][j];
+        for (int64_t j = 0; j < p->n_active; j++) {
+            const float d_shaped = (d_weight[part][j] - mean) / total;
+            const float k = (float)(j + 1), geometric = p->geometric[part][j];
+            d_gain[j] += d_shaped * geometric;
+            if ((k - 1.0f) * log_rho[part] > EXP_FLOOR)
+                d_log_rho[part] += d_shaped * p->gain[j] * geometric * (k - 1.0f);
+        }
+    }
+    for (int64_t j = 0; j < p->n_active; j++) {
+        const float r = p->ratio[j], freq = p->freq[j];
+        const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
+        d_boost += d_gain[j] * p->formant_exp[j];
+        /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
+        const float d_log_ratio = -d_gain[j] * p->boost * p->formant_exp[j] * z * (float)(FORMANT_Z_PER_LOG2 / LN_2);
+        d_freq[j] += d_log_ratio / freq;
+        d_formant_hz -= d_log_ratio / formant_hz;
+        d_f0 += d_freq[j] * freq / f0;
+        d_b += d_freq[j] * freq * r * r / (2.0f * (1.0f + b * r * r));
+    }
+    G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
+    G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);
+    G(PARTIAL_SHORT_ROLLOFF) = -d_log_rho[1] * (float)(LN_10 / 10.0);
+    G(PARTIAL_FORMANT_HZ) = d_formant_hz;
+    G(PARTIAL_FORMANT_DB) = d_boost * (p->boost + 1.0f) * (float)(LN_10 / 10.0);
+#undef F
+#undef G
+}
+
 /* Its gradient: grads laid out as out, in its precision -> grad_fields (PARTIAL_FIELDS, atoms). */
 void resonance_spectra_backward(const void **grads, const float *fields, int64_t n_atoms, int64_t per_segment,
                                 int64_t n_partials, float nyquist, const float *ratios, const int64_t *modes,
@@ -793,9 +842,9 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
     for (int64_t i = 0; i < n_atoms; i++) {
         Partials p;
         Taps taps;
-        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], d_gain[MAX_PARTIALS];
+        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS];
         partials(fields, n_atoms, i, n_partials, nyquist, ratios, modes, &p);
-        for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = d_gain[j] = 0.0f;
+        for (int64_t j = 0; j < p.n_active; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = 0.0f;
         for (int64_t r = 0; r < n_res; r++) {
             const int64_t rows[2] = {part_row(i, per_segment, 0) * n_bins[r], part_row(i, per_segment, 1) * n_bins[r]};
             hann_taps(p.freq, p.n_active, bin_hz[r], reach, 1, &taps);
@@ -813,47 +862,215 @@ void resonance_spectra_backward(const void **grads, const float *fields, int64_t
                 d_freq[j] += d_pos / bin_hz[r];
             }
         }
-        /* Through the normalisation, the roll-offs and the formant gains to the fields. */
-        const float *f = fields + i;
-        float *gf = grad_fields + i;
-#define F(name) f[(name) * n_atoms]
-#define G(name) gf[(name) * n_atoms]
-        const float f0 = F(PARTIAL_F0), b = F(PARTIAL_INHARMONICITY), formant_hz = F(PARTIAL_FORMANT_HZ);
-        const float log_rho[2] = {-F(PARTIAL_ROLLOFF) * (float)(LN_10 / 10.0),
-                                  -F(PARTIAL_SHORT_ROLLOFF) * (float)(LN_10 / 10.0)};
-        float d_log_rho[2] = {0.0f, 0.0f}, d_boost = 0.0f, d_formant_hz = 0.0f, d_f0 = 0.0f, d_b = 0.0f;
-        for (int part = 0; part < 2; part++) {
-            /* w_j = shaped_j / total: d shaped_j = (d w_j - sum_i d w_i w_i) / total (total > 1e-30). */
-            const float total = fmaxf(p.total[part], 1e-30f);
-            float mean = 0.0f;
-            if (p.total[part] > 1e-30f)
-                for (int64_t j = 0; j < p.n_active; j++) mean += d_weight[part][j] * p.weight[part][j];
-            for (int64_t j = 0; j < p.n_active; j++) {
-                const float d_shaped = (d_weight[part][j] - mean) / total;
-                const float k = (float)(j + 1), geometric = p.geometric[part][j];
-                d_gain[j] += d_shaped * geometric;
-                if ((k - 1.0f) * log_rho[part] > EXP_FLOOR)
-                    d_log_rho[part] += d_shaped * p.gain[j] * geometric * (k - 1.0f);
+        partials_backward(&p, fields, n_atoms, i, d_weight, d_freq, grad_fields);
+    }
+}
+
+/* splat.spectral.moving_resonance_power: the partials' power per frame and bin when pitches move
+ * (one resolution).
+ *
+ * frames: (segments, n_frames, 2 per_segment), the window-weighted powers of the bodies, then of
+ * the short parts; scale and sweep: (atoms, n_frames, n_nodes), each atom's frequency factor at every
+ * pitch node of every frame and how far it moves during the node; node_weight: (n_nodes). At node j of
+ * frame m, partial k of atom i (frequency f_k = r_k f0 sqrt(1 + B r_k^2) with r_k from its series' row
+ * of ratios, modes[i] or 0 if modes is NULL, and weights w_0k, w_1k at its f0, as resonance_spectra's)
+ * splats
+ *     c = node_weight[j] (P_body w_0k + P_short w_1k)
+ * times the Hann power kernel around p = f_k scale / bin_hz, blurred by a sweep of sigma = f_k sweep / bin_hz
+ * bins (at most max_sweep, none below min_sweep; swept_shares), unless f_k scale >= nyquist or c < tiny.
+ * table: scratch of (atoms, 1 + 3 n_partials) floats: each atom's count, frequencies and weights (fill_row).
+ * out: (segments, n_frames, n_bins). Rows (segment, frame) run in parallel. */
+static void fill_row(const Partials *p, int64_t n_partials, float *row) {
+    row[0] = (float)p->n_active;
+    for (int64_t j = 0; j < p->n_active; j++) {
+        row[1 + j] = p->freq[j];
+        row[1 + n_partials + j] = p->weight[0][j];
+        row[1 + 2 * n_partials + j] = p->weight[1][j];
+    }
+}
+
+/* Widest kernel a moving partial is drawn with, in taps (2 ceil(SWEEP_REACH (2 ks^2 + max_sweep^2)^(1/2))). */
+#define MAX_MOVING_TAPS 128
+
+/* The moving splats of one atom at one node: frequencies and powers of its live partials into
+ * freq and power (the others get power 0); returns whether any is live. */
+static int moving_partials(const float *row, int64_t n_partials, float sc, float om, float pb, float ps,
+                           float nyquist, float tiny, float *freq, float *power) {
+    const int64_t n = (int64_t)row[0];
+    const float *f = row + 1, *w0 = row + 1 + n_partials, *w1 = row + 1 + 2 * n_partials;
+    int any = 0;
+    for (int64_t j = 0; j < n; j++) {
+        freq[j] = f[j] * sc;
+        const float c = om * (pb * w0[j] + ps * w1[j]);
+        const int live = freq[j] < nyquist && c >= tiny;
+        power[j] = live ? c : 0.0f;
+        any |= live;
+    }
+    return any;
+}
+
+/* The 2 reach (<= 16) shares of partial k around its position (hann_share's), times `power`, into
+ * share, and (by_pos) their derivatives by the position: one vectorised pass over the taps. */
+static inline void moving_shares(const Taps *taps, int64_t k, int64_t reach, float power, float *share,
+                                 float *by_pos) {
+    const float d0 = taps->d0[k], s2 = taps->s2[k], sc = taps->sc[k];
+#pragma omp simd
+    for (int64_t t = 0; t < 2 * reach; t++) {
+        const float d = d0 + (float)(t + 1 - reach), den = PI_F * d * (1.0f - d * d);
+        const float inv = 1.0f / den, inv2 = inv * inv;
+        share[t] = HANN_SHARE_SCALE * s2 * inv2 * power;
+        if (by_pos)
+            by_pos[t] = -2.0f * HANN_SHARE_SCALE * (PI_F * sc * den - s2 * PI_F * (1.0f - 3.0f * d * d)) * inv2 * inv;
+    }
+}
+
+/* The shares of partial k (position pos, Hann taps in `taps`) while it sweeps sigma > 0 bins:
+ *     (1 - l) hann(d) + l exp(-d^2 / 2v) / sqrt(2 pi v),  l = sigma^2 / (sigma^2 + ks^2),  v = 2 ks^2 + sigma^2,
+ * (splat.spectral.swept_shares: the mixture's variance is the kernel's ks^2 plus sigma^2), over the 2 r bins
+ * from floor(pos) + 1 - r, r = max(reach, ceil(SWEEP_REACH v^(1/2))), the Hann part over its own 2 reach.
+ * With by_pos, also the derivatives by the position and (by_sigma) by sigma. Returns r. */
+#define SWEEP_REACH 3.0f
+static int64_t swept_shares(const Taps *taps, int64_t k, float pos, float sigma, int64_t reach, float ks,
+                            float *share, float *by_pos, float *by_sigma) {
+    float hann[16], hann_slope[16];
+    moving_shares(taps, k, reach, 1.0f, hann, by_pos ? hann_slope : 0);
+    const float s2 = sigma * sigma, k2 = ks * ks, l = s2 / (s2 + k2), v = 2.0f * k2 + s2;
+    const float dl = 2.0f * sigma * k2 / ((s2 + k2) * (s2 + k2)), norm = 1.0f / sqrtf(2.0f * PI_F * v);
+    const int64_t wide = (int64_t)ceilf(SWEEP_REACH * sqrtf(v)), r = wide > reach ? wide : reach, off = r - reach;
+    const int64_t first = taps->first[k] - off;
+#pragma omp simd
+    for (int64_t t = 0; t < 2 * r; t++) {
+        const float d = (float)(first + t) - pos, g = expf(-0.5f * d * d / v) * norm;
+        const int in_hann = t >= off && t < off + 2 * reach;
+        const float h = in_hann ? hann[t - off] : 0.0f;
+        share[t] = (1.0f - l) * h + l * g;
+        if (by_pos) {
+            by_pos[t] = (1.0f - l) * (in_hann ? hann_slope[t - off] : 0.0f) + l * g * d / v;
+            by_sigma[t] = (g - h) * dl + l * g * (0.5f * d * d / (v * v) - 0.5f / v) * 2.0f * sigma;
+        }
+    }
+    return r;
+}
+
+void moving_spectra(const float *fields, const float *frames, const float *scale, const float *sweep,
+                    const float *node_weight, int64_t segments, int64_t per_segment, int64_t n_partials,
+                    float nyquist, const float *ratios, const int64_t *modes, int64_t n_frames, int64_t n_nodes, float bin_hz, int64_t n_bins, int64_t reach,
+                    float tiny, float kernel_sigma, float max_sweep, float min_sweep, float *table, float *out) {
+    const int64_t n_atoms = segments * per_segment;
+#pragma omp parallel
+    {
+#pragma omp for schedule(static)
+        for (int64_t i = 0; i < n_atoms; i++) {
+            Partials p;
+            partials(fields, n_atoms, i, n_partials, nyquist, ratios, modes, &p);
+            fill_row(&p, n_partials, table + i * (1 + 3 * n_partials));
+        }
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < segments * n_frames; r++) {
+            const int64_t s = r / n_frames, m = r % n_frames;
+            float *o = out + r * n_bins;
+            for (int64_t b = 0; b < n_bins; b++) o[b] = 0.0f;
+            const float *fr = frames + r * 2 * per_segment;
+            Taps taps;
+            float freq[MAX_PARTIALS], power[MAX_PARTIALS], share[MAX_MOVING_TAPS];
+            for (int64_t col = 0; col < per_segment; col++) {
+                const int64_t i = s * per_segment + col;
+                const float *row = table + i * (1 + 3 * n_partials);
+                const int64_t n = (int64_t)row[0];
+                for (int64_t j = 0; j < n_nodes; j++) {
+                    const int64_t at = (i * n_frames + m) * n_nodes + j;
+                    const float sc = scale[at], sw = sweep[at];
+                    if (!moving_partials(row, n_partials, sc, node_weight[j], fr[col], fr[per_segment + col], nyquist,
+                                         tiny, freq, power))
+                        continue;
+                    hann_taps(freq, n, bin_hz, reach, 0, &taps);
+                    for (int64_t k = 0; k < n; k++) {
+                        if (power[k] == 0.0f) continue;
+                        const float sigma = fminf(row[1 + k] * sw / bin_hz, max_sweep);
+                        int64_t first = taps.first[k], n_taps = 2 * reach;
+                        if (sigma < min_sweep) {
+                            moving_shares(&taps, k, reach, power[k], share, 0);
+                        } else {
+                            const int64_t r = swept_shares(&taps, k, freq[k] / bin_hz, sigma, reach, kernel_sigma,
+                                                           share, 0, 0);
+                            first -= r - reach, n_taps = 2 * r;
+                            for (int64_t t = 0; t < n_taps; t++) share[t] *= power[k];
+                        }
+                        const int64_t lo = first < 0 ? -first : 0, hi = first + n_taps > n_bins ? n_bins - first : n_taps;
+#pragma omp simd
+                        for (int64_t t = lo; t < hi; t++) o[first + t] += share[t];
+                    }
+                }
             }
         }
-        for (int64_t j = 0; j < p.n_active; j++) {
-            const float r = p.ratio[j], freq = p.freq[j];
-            const float z = log2f(freq / formant_hz) * (float)FORMANT_Z_PER_LOG2;
-            d_boost += d_gain[j] * p.formant_exp[j];
-            /* g = 1 + boost exp(-z^2 / 2), z = FORMANT_Z_PER_LOG2 log2(f / F). */
-            const float d_log_ratio = -d_gain[j] * p.boost * p.formant_exp[j] * z * (float)(FORMANT_Z_PER_LOG2 / LN_2);
-            d_freq[j] += d_log_ratio / freq;
-            d_formant_hz -= d_log_ratio / formant_hz;
-            d_f0 += d_freq[j] * freq / f0;
-            d_b += d_freq[j] * freq * r * r / (2.0f * (1.0f + b * r * r));
+    }
+}
+
+/* Its gradient: grad (segments, n_frames, n_bins) -> grad_frames (as frames), grad_scale and grad_sweep
+ * (as scale) and grad_fields (PARTIAL_FIELDS, atoms). Atoms run in parallel. */
+void moving_spectra_backward(const float *grad, const float *fields, const float *frames, const float *scale,
+                             const float *sweep, const float *node_weight, int64_t segments, int64_t per_segment,
+                             int64_t n_partials, float nyquist, const float *ratios, const int64_t *modes,
+                             int64_t n_frames, int64_t n_nodes, float bin_hz,
+                             int64_t n_bins, int64_t reach, float tiny, float kernel_sigma, float max_sweep, float min_sweep,
+                             float *grad_frames, float *grad_scale, float *grad_sweep, float *grad_fields) {
+    const int64_t n_atoms = segments * per_segment;
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n_atoms; i++) {
+        const int64_t s = i / per_segment, col = i % per_segment;
+        Partials p;
+        Taps taps;
+        float d_weight[2][MAX_PARTIALS], d_freq[MAX_PARTIALS], freq[MAX_PARTIALS], power[MAX_PARTIALS];
+        float share[MAX_MOVING_TAPS], by_pos[MAX_MOVING_TAPS], by_sigma[MAX_MOVING_TAPS];
+        float row[1 + 3 * MAX_PARTIALS];
+        partials(fields, n_atoms, i, n_partials, nyquist, ratios, modes, &p);
+        const int64_t n = p.n_active;
+        fill_row(&p, n_partials, row);
+        for (int64_t j = 0; j < n; j++) d_weight[0][j] = d_weight[1][j] = d_freq[j] = 0.0f;
+        for (int64_t m = 0; m < n_frames; m++) {
+            const int64_t r = s * n_frames + m;
+            const float pb = frames[r * 2 * per_segment + col], ps = frames[r * 2 * per_segment + per_segment + col];
+            const float *g = grad + r * n_bins;
+            float d_pb = 0.0f, d_ps = 0.0f;
+            for (int64_t j = 0; j < n_nodes; j++) {
+                const int64_t at = (i * n_frames + m) * n_nodes + j;
+                const float sc = scale[at], sw = sweep[at], om = node_weight[j];
+                float d_sc = 0.0f, d_sw = 0.0f;
+                if (moving_partials(row, n_partials, sc, om, pb, ps, nyquist, tiny, freq, power)) {
+                    hann_taps(freq, n, bin_hz, reach, 1, &taps);
+                    for (int64_t k = 0; k < n; k++) {
+                        if (power[k] == 0.0f) continue;
+                        const float sigma = p.freq[k] * sw / bin_hz;
+                        int64_t first = taps.first[k], n_taps = 2 * reach;
+                        if (sigma < min_sweep) {
+                            moving_shares(&taps, k, reach, 1.0f, share, by_pos);
+                            for (int64_t t = 0; t < n_taps; t++) by_sigma[t] = 0.0f;
+                        } else {
+                            const int64_t r = swept_shares(&taps, k, freq[k] / bin_hz, fminf(sigma, max_sweep), reach,
+                                                           kernel_sigma, share, by_pos, by_sigma);
+                            first -= r - reach, n_taps = 2 * r;
+                        }
+                        float g_share = 0.0f, g_pos = 0.0f, g_sigma = 0.0f;
+                        const int64_t lo = first < 0 ? -first : 0, hi = first + n_taps > n_bins ? n_bins - first : n_taps;
+#pragma omp simd reduction(+ : g_share, g_pos, g_sigma)
+                        for (int64_t t = lo; t < hi; t++) {
+                            const float gb = g[first + t];
+                            g_share += gb * share[t], g_pos += gb * by_pos[t], g_sigma += gb * by_sigma[t];
+                        }
+                        d_pb += om * p.weight[0][k] * g_share, d_ps += om * p.weight[1][k] * g_share;
+                        d_weight[0][k] += om * pb * g_share, d_weight[1][k] += om * ps * g_share;
+                        /* p = f_k scale / bin_hz and sigma = f_k sweep / bin_hz (capped at max_sweep), per Hz of f_k. */
+                        const float d_pos = power[k] * g_pos / bin_hz;
+                        const float d_sigma = sigma < max_sweep ? power[k] * g_sigma / bin_hz : 0.0f;
+                        d_sc += d_pos * p.freq[k], d_sw += d_sigma * p.freq[k];
+                        d_freq[k] += d_pos * sc + d_sigma * sw;
+                    }
+                }
+                grad_scale[at] = d_sc, grad_sweep[at] = d_sw;
+            }
+            grad_frames[r * 2 * per_segment + col] = d_pb, grad_frames[r * 2 * per_segment + per_segment + col] = d_ps;
         }
-        G(PARTIAL_F0) = d_f0, G(PARTIAL_INHARMONICITY) = d_b;
-        G(PARTIAL_ROLLOFF) = -d_log_rho[0] * (float)(LN_10 / 10.0);
-        G(PARTIAL_SHORT_ROLLOFF) = -d_log_rho[1] * (float)(LN_10 / 10.0);
-        G(PARTIAL_FORMANT_HZ) = d_formant_hz;
-        G(PARTIAL_FORMANT_DB) = d_boost * (p.boost + 1.0f) * (float)(LN_10 / 10.0);
-#undef F
-#undef G
+        partials_backward(&p, fields, n_atoms, i, d_weight, d_freq, grad_fields);
     }
 }
 

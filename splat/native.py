@@ -54,6 +54,10 @@ _II = ctypes.POINTER(ctypes.c_int64)
 _V = ctypes.c_void_p
 _D = ctypes.POINTER(ctypes.c_double)
 _VV = ctypes.POINTER(ctypes.c_void_p)
+#: What `moving_spectra` and its gradient take after their arrays: segments, atoms per segment,
+#: partials, Nyquist, the series' ratios and each atom's series, frames, nodes, bin width, bins,
+#: reach, the smallest splat, the kernel's standard deviation, the largest and the smallest sweep.
+_MOVING_SETTINGS = [_I, _I, _I, ctypes.c_float, _F, _II, _I, _I, ctypes.c_float, _I, _I] + [ctypes.c_float] * 4
 #: Each kernel's signature: (result type, argument types).
 SIGNATURES = {
     "spectral_distance": (
@@ -93,6 +97,8 @@ SIGNATURES = {
         None,
         [_VV, _F, _I, _I, _I, ctypes.c_float, _F, _II, _F, _II, _I, _I, _F, ctypes.c_int],
     ),
+    "moving_spectra": (None, [_F] * 5 + _MOVING_SETTINGS + [_F, _F]),
+    "moving_spectra_backward": (None, [_F] * 6 + _MOVING_SETTINGS + [_F] * 4),
 }
 
 

@@ -38,6 +38,9 @@ FIELDS: tuple[str, ...] = (
     "release_s",
     "formant_hz",
     "formant_db",
+    "f0_glide_cents_per_s",
+    "vibrato_hz",
+    "vibrato_cents",
 )
 N_FIELDS = len(FIELDS)
 
@@ -83,6 +86,11 @@ class Bounds:
     release_s: Range = Range(0.02, 3.0, log=True)
     formant_hz: Range = Range(100.0, 9_000.0, log=True)
     formant_db: Range = Range(0.0, 30.0)
+    # Pitch motion (`splat.dsp.pitch_bend_cents`). The glide and the vibrato depth are signed, so their
+    # neutral 0 sits mid-range, where the sigmoid is steepest: a fit that starts there moves them.
+    f0_glide_cents_per_s: Range = Range(-2400.0, 2400.0)
+    vibrato_hz: Range = Range(0.5, 12.0, log=True)
+    vibrato_cents: Range = Range(-150.0, 150.0)
 
     @classmethod
     def for_sample_rate(cls, sample_rate: int) -> Bounds:
@@ -130,6 +138,9 @@ class AtomParams:
     release_s: Tensor
     formant_hz: Tensor
     formant_db: Tensor
+    f0_glide_cents_per_s: Tensor
+    vibrato_hz: Tensor
+    vibrato_cents: Tensor
 
     def stack(self) -> Tensor:
         """All fields as one tensor of shape (batch, atoms, n_fields), in `FIELDS` order."""

@@ -52,6 +52,17 @@ from splat.params import AtomParams
 SPLAT_REACH_BINS = 4
 #: Standard deviation of the Hann window's power kernel, in bins.
 HANN_KERNEL_SIGMA_BINS = 0.575
+#: Samples of an analysis window per pitch node: a frame reads a moving atom's pitch at
+#: max(1, n_fft // PITCH_NODE_SAMPLES) times across its window (`pitch_nodes`).
+PITCH_NODE_SAMPLES = 1024
+#: Splats of a moving partial whose power is below this are skipped (the loss floors powers at 1e-8).
+TINY_SPLAT_POWER = 1e-12
+#: Most a moving partial's sweep during a pitch node widens its splat, in bins (`swept_shares`); a sweep
+#: under MIN_SWEEP_BINS is drawn as none (its gaussian would carry less than 1e-4 of the power).
+MAX_SWEEP_BINS = 16.0
+MIN_SWEEP_BINS = 0.005
+#: A swept splat's gaussian part reaches this many of its standard deviations (as kernels.c's SWEEP_REACH).
+SWEEP_REACH_SIGMAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,7 @@ class Plan:
         bins_hz: Per resolution, the frequency of each bin, shape (n_fft / 2 + 1,).
         bin_hz: Bin width of each resolution, shape (n_res,).
         time_kernels: Per resolution, N / 2 * w^2 summed over each grid cell, shape (n_fft / step,).
+        pitch_nodes: Per resolution, where and with what weight its frames read a moving pitch (`pitch_nodes`).
     """
 
     def __init__(
@@ -129,6 +141,9 @@ class Plan:
         # Per resolution, as (res, 1) columns: highest bin index a splat may use, slot of bin 0.
         self.last_bin = torch.tensor([[r.n_bins + pad - 1.0] for r in resolutions], device=device, dtype=torch.float32)
         self.first_slot = torch.tensor([[b + pad] for b in self.base], device=device)
+        self.pitch_nodes = [
+            pitch_nodes(res, grid.n_window, sample_rate=sample_rate, device=device) for res in resolutions
+        ]
         self.time_kernels = []
         for res in resolutions:
             w = torch.hann_window(res.n_fft, periodic=True, dtype=torch.float64, device=device)
@@ -189,6 +204,242 @@ class Plan:
             frames = torch.nn.functional.conv1d(rows, weight, stride=stride, groups=rows.shape[1])
             out.append(frames[..., first : first + n_frames].reshape(*powers.shape[:-1], n_frames).transpose(1, 2))
         return [frames.to(dtype) for frames in out]
+
+
+def pitch_nodes(
+    res: Resolution, n_window: int, *, sample_rate: int, device: torch.device
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Where each frame of a resolution reads a moving atom's pitch, with what weight and over how long.
+
+    The window of n_fft samples is cut into J = max(1, n_fft // PITCH_NODE_SAMPLES) equal
+    parts; node j sits at the centroid of w^2 over part j, weighs that part's share of the
+    sum of w^2, and spans the standard deviation of time under w^2 in that part. A frame
+    splats each partial once per node, at its frequency at that time and blurred by how far
+    it sweeps meanwhile (`moving_resonance_power`), with that share of the frame's power: a
+    long window sees a vibrato or a fast glide spread over the pitches it runs through.
+
+    Returns:
+        Node times from the window start in seconds, shape (n_window / hop, J); their
+        weights, shape (J,), summing to 1; and their spans in seconds, shape (J,); float32.
+    """
+    n_nodes = max(1, res.n_fft // PITCH_NODE_SAMPLES)
+    host = {"dtype": torch.float64, "device": "cpu"}  # built on the host whatever torch's default device
+    w2 = (torch.hann_window(res.n_fft, periodic=True, **host) ** 2).reshape(n_nodes, -1)
+    n = torch.arange(res.n_fft, **host).reshape(n_nodes, -1)
+    mass = w2.sum(-1)
+    centroid = (n * w2).sum(-1) / mass
+    spread = torch.sqrt(((n - centroid.unsqueeze(-1)) ** 2 * w2).sum(-1) / mass)
+    centres = torch.arange(n_window // res.hop, **host) * res.hop  # frame m is centred m hops in
+    times = (centres.unsqueeze(-1) + centroid - res.n_fft / 2) / sample_rate
+    like = {"device": device, "dtype": torch.float32}
+    return times.to(**like), (mass / mass.sum()).to(**like), (spread / sample_rate).to(**like)
+
+
+def pitch_scales(params: AtomParams, window_start_s: Tensor, plan: Plan) -> list[tuple[Tensor, Tensor]]:
+    """Each atom's frequency factor s = 2^(bend / 1200) at every pitch node of every resolution, and
+    how far it moves during the node's span: |ds / du| times the span.
+
+    Args:
+        params: Physical parameters, shape (segments, atoms).
+        window_start_s: Start of each segment's window, shape (segments, 1).
+
+    Returns:
+        Per resolution, the factors and their sweeps, each of shape (segments, atoms, n_window / hop, nodes).
+    """
+    fields = (params.f0_glide_cents_per_s, params.vibrato_hz, params.vibrato_cents, params.duration_s)
+    motion = [f.reshape(*f.shape, 1, 1) for f in fields]
+    shift = (window_start_s - params.time_s).reshape(*params.time_s.shape, 1, 1)
+    out = []
+    for times, _, span_s in plan.pitch_nodes:
+        u = times + shift
+        scale = torch.exp2(dsp.pitch_bend_cents(u, *motion) / 1200.0)
+        slope = dsp.pitch_bend_slope_cents_per_s(u, *motion)
+        out.append((scale, (scale * slope).abs() * (span_s * math.log(2.0) / 1200.0)))
+    return out
+
+
+def moving_resonance_power(
+    frames: Tensor,
+    params: AtomParams,
+    scale: Tensor,
+    sweep: Tensor,
+    plan: Plan,
+    i: int,
+    *,
+    n_partials: int,
+    modes: Tensor | None = None,
+) -> Tensor:
+    """Expected power of the partials of atoms whose pitch moves, at resolution i.
+
+    At each pitch node j of frame m (`pitch_nodes`, weight v_j) partial k of an atom sits
+    at f_k * scale[m, j] (f_k at its f0 on its series, `dsp.partial_frequencies`) and splats
+    v_j (P_body[m] c_k + P_short[m] c'_k) onto the bins around it with the Hann kernel, blurred
+    by its sweep during the node's span, sigma = f_k * sweep[m, j] / bin_hz bins (`swept_shares`,
+    at most MAX_SWEEP_BINS; none under MIN_SWEEP_BINS). c_k and c'_k are the weights at the
+    atom's f0 (the formant and the rolloffs do not follow the moving pitch). A partial at or
+    above Nyquist is silent there, and splats below TINY_SPLAT_POWER are skipped. With every
+    scale 1 and sweep 0 this is `resonance_spectra`'s splat in every frame.
+
+    Args:
+        frames: Window-weighted power of every atom's body and short part, shape
+            (segments, frames, 2 * atoms): bodies first (`Plan.frame_powers`'s columns).
+        params: Physical parameters, shape (segments, atoms).
+        scale, sweep: The atoms' frequency factors and their sweeps at resolution i (`pitch_scales`),
+            each of shape (segments, atoms, frames, nodes).
+        plan: Grid, resolutions and their constants.
+        i: Index of the resolution.
+        n_partials: Maximum partials per atom.
+        modes: Each atom's partial series (indices into `splat.modes.MODES`), integer tensor
+            of shape (segments, atoms); None: every atom is a string.
+
+    Returns:
+        Power, shape (segments, frames, n_fft / 2 + 1).
+    """
+    if native.usable(frames, params.f0_hz, scale, sweep):
+        fields = torch.stack([getattr(params, name) for name in _PARTIAL_FIELDS])  # (fields, segments, atoms)
+        return _NativeMovingSpectra.apply(frames, fields, scale, sweep, plan, i, n_partials, modes)
+    res = plan.resolutions[i]
+    node_weights = plan.pitch_nodes[i][1]
+    nyquist = plan.sample_rate / 2
+    bin_hz = plan.sample_rate / res.n_fft
+    f0 = params.f0_hz.unsqueeze(-1)
+    b = params.inharmonicity.unsqueeze(-1)
+    k = torch.arange(1, n_partials + 1, device=f0.device, dtype=f0.dtype)
+    ratios = None if modes is None else partial_ratios(modes, n_partials=n_partials, dtype=f0.dtype)
+    n_active = dsp.n_audible_partials(f0, b, nyquist_hz=nyquist, n_partials=n_partials, ratios=ratios)
+    rolloffs = torch.stack([params.rolloff_db, params.short_rolloff_db]).unsqueeze(-1)  # (2, segments, atoms, 1)
+    freqs = dsp.partial_frequencies(f0, b, k if ratios is None else ratios)  # (segments, atoms, partials)
+    gains = dsp.formant_gains(freqs, params.formant_hz.unsqueeze(-1), params.formant_db.unsqueeze(-1))
+    weights = dsp.partial_weights(rolloffs, k, n_active, gains)  # (2, segments, atoms, partials)
+    # Layout (segments, atoms, frames, nodes, partials).
+    parts = frames.unflatten(-1, (2, -1)).permute(2, 0, 3, 1)  # (2, segments, atoms, frames)
+    power = (parts.unsqueeze(-1).unsqueeze(-1) * weights.unsqueeze(-2).unsqueeze(-2)).sum(0)
+    power = power * node_weights.unsqueeze(-1)
+    freqs = freqs.unsqueeze(-2).unsqueeze(-2)
+    moving = freqs * scale.unsqueeze(-1)
+    power = torch.where((moving < nyquist) & (power >= TINY_SPLAT_POWER), power, 0.0)
+    position = moving / bin_hz
+    sigma = (freqs * sweep.unsqueeze(-1) / bin_hz).clamp_max(MAX_SWEEP_BINS)
+    sigma = torch.where(sigma < MIN_SWEEP_BINS, 0.0, sigma)
+    pad = SPLAT_REACH_BINS
+    # Each splat covers bins floor(p) + 1 - r .. floor(p) + r (`swept_shares`); all run over the widest
+    # one's taps, the others' outside their own reach muted.
+    with torch.no_grad():
+        reach = _sweep_reach(sigma)
+        most = int(reach.max()) if reach.numel() else pad
+        taps = torch.arange(1 - most, most + 1, device=frames.device, dtype=frames.dtype)
+        inside = (taps.reshape(-1, 1, 1, 1, 1, 1) >= 1 - reach) & (taps.reshape(-1, 1, 1, 1, 1, 1) <= reach)
+        slot = torch.floor(position) + taps.reshape(-1, 1, 1, 1, 1, 1)
+    values = torch.where(inside, swept_shares(position, sigma, taps) * power, 0.0)
+    width = res.n_bins + 2 * most  # each frame's bins with the padding that catches splats off its ends
+    n_segments, n_frames = frames.shape[:2]
+    with torch.no_grad():
+        slot = slot.clamp(-most, res.n_bins + most - 1) + most
+        frame = torch.arange(n_frames, device=slot.device).reshape(-1, 1, 1)
+        index = (slot + width * frame).long()  # (taps, segments, atoms, frames, nodes, partials)
+    out = torch.zeros(n_segments, n_frames * width, device=frames.device, dtype=values.dtype).scatter_add(
+        1, index.transpose(0, 1).reshape(n_segments, -1), values.transpose(0, 1).reshape(n_segments, -1)
+    )
+    return out.reshape(n_segments, n_frames, width)[..., most : most + res.n_bins]
+
+
+def _sweep_reach(sigma_bins: Tensor) -> Tensor:
+    """Taps on each side of a swept splat (`swept_shares`): SPLAT_REACH_BINS, or 3 gaussian deviations."""
+    variance = 2.0 * HANN_KERNEL_SIGMA_BINS**2 + sigma_bins**2
+    return torch.ceil(SWEEP_REACH_SIGMAS * torch.sqrt(variance)).clamp_min(SPLAT_REACH_BINS)
+
+
+def swept_shares(position_bins: Tensor, sigma_bins: Tensor, taps: Tensor) -> Tensor:
+    """Share of a partial's power in the bins around it while its frequency sweeps sigma bins.
+
+    The Hann kernel blurred by a sweep of standard deviation sigma, as a mixture that is the
+    kernel at sigma = 0 and keeps its variance (the kernel's, HANN_KERNEL_SIGMA_BINS^2, plus
+    sigma^2) with nulls filled:
+
+        (1 - l) hann(d) + l exp(-d^2 / 2 v) / sqrt(2 pi v),  l = sigma^2 / (sigma^2 + ks^2),  v = 2 ks^2 + sigma^2,
+
+    hann over its SPLAT_REACH_BINS taps each side (`dsp.hann_power_taps`), the gaussian over
+    the splat's whole reach (`_sweep_reach`, masked by the caller). Shapes as `dsp.hann_power_taps`:
+    positions and sigmas (...), taps (taps,) as offsets from floor(position); returns (taps, ...).
+    """
+    k2 = HANN_KERNEL_SIGMA_BINS**2
+    hann = dsp.hann_power_taps(position_bins, taps[(taps >= 1 - SPLAT_REACH_BINS) & (taps <= SPLAT_REACH_BINS)])
+    before = int((taps < 1 - SPLAT_REACH_BINS).sum())
+    hann = torch.nn.functional.pad(hann.movedim(0, -1), (before, taps.numel() - before - hann.shape[0])).movedim(-1, 0)
+    s2 = sigma_bins**2
+    mix = s2 / (s2 + k2)
+    variance = 2.0 * k2 + s2
+    offset = torch.floor(position_bins).detach() + taps.reshape(-1, *([1] * position_bins.dim())) - position_bins
+    gauss = torch.exp(-0.5 * offset**2 / variance) / torch.sqrt(2.0 * math.pi * variance)
+    return (1.0 - mix) * hann + mix * gauss
+
+
+class _NativeMovingSpectra(torch.autograd.Function):
+    """`moving_resonance_power` in native loops (`splat.native`): each (segment, frame) row
+    splats its atoms' partials at their moving positions; the gradient runs per atom, gathering
+    each splat's back into the frames' powers, the pitch factors, their sweeps and the partials'
+    weights and frequencies (then, as `resonance_spectra`'s, to the fields)."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        frames: Tensor,
+        fields: Tensor,
+        scale: Tensor,
+        sweep: Tensor,
+        plan: Plan,
+        i: int,
+        n_partials: int,
+        modes: Tensor | None,
+    ) -> Tensor:
+        frames, fields, scale, sweep = frames.contiguous(), fields.contiguous(), scale.contiguous(), sweep.contiguous()
+        n_segments, n_frames, _ = frames.shape
+        per_segment = fields.shape[-1]
+        res = plan.resolutions[i]
+        node_weights = plan.pitch_nodes[i][1]
+        # The series' ratios and each atom's row, kept with ctx: the kernels hold pointers to them.
+        ratios, modes = ratio_table(n_partials, dtype=torch.float32), None if modes is None else modes.contiguous()
+        ctx.settings = (
+            n_segments,
+            per_segment,
+            n_partials,
+            plan.sample_rate / 2,
+            native.ptr(ratios),
+            native.int64_ptr(modes),
+            n_frames,
+            node_weights.numel(),
+            plan.sample_rate / res.n_fft,
+            res.n_bins,
+            SPLAT_REACH_BINS,
+            TINY_SPLAT_POWER,
+            HANN_KERNEL_SIGMA_BINS,
+            MAX_SWEEP_BINS,
+            MIN_SWEEP_BINS,
+        )
+        widest = math.ceil(SWEEP_REACH_SIGMAS * math.sqrt(2.0 * HANN_KERNEL_SIGMA_BINS**2 + MAX_SWEEP_BINS**2))
+        assert widest <= 64, "beyond kernels.c's MAX_MOVING_TAPS"
+        ctx.keep = node_weights, ratios, modes  # the arrays the pointers point to
+        out = frames.new_empty(n_segments, n_frames, res.n_bins)
+        table = fields.new_empty(n_segments * per_segment, 1 + 3 * n_partials)
+        native.library().moving_spectra(
+            *map(native.ptr, (fields, frames, scale, sweep, node_weights)),
+            *ctx.settings,
+            native.ptr(table),
+            native.ptr(out),
+        )
+        ctx.save_for_backward(frames, fields, scale, sweep)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        frames, fields, scale, sweep = ctx.saved_tensors
+        grad_frames, grad_fields, grad_scale, grad_sweep = map(torch.empty_like, (frames, fields, scale, sweep))
+        native.library().moving_spectra_backward(
+            *map(native.ptr, (grad.contiguous(), fields, frames, scale, sweep, ctx.keep[0])),
+            *ctx.settings,
+            *map(native.ptr, (grad_frames, grad_scale, grad_sweep, grad_fields)),
+        )
+        return grad_frames, grad_fields, grad_scale, grad_sweep, None, None, None, None
 
 
 class _NativeFramePowers(torch.autograd.Function):
@@ -691,8 +942,12 @@ def expected_power(
     floor_at: list[Tensor] | None = None,
     modes: Tensor | None = None,
     bfloat16: bool = True,
+    moving: Tensor | None = None,
 ) -> list[SplitPower]:
     """Expected power spectrogram of each segment's atoms (and noise floor) over its window.
+
+    The partials of the `moving` atoms are splatted frame by frame (`moving_resonance_power`),
+    the others' once per atom for all frames (`resonance_spectra`, in the products).
 
     Args:
         params: Physical parameters, shape (segments, atoms).
@@ -707,6 +962,9 @@ def expected_power(
         bfloat16: Let the products run in bfloat16 where they can (`_BFloat16Products`); False
             keeps them float32 (for differences of spectrograms, where a few parts in a thousand
             of a loud cell would swamp a quiet remainder).
+        moving: Which atoms to model with moving partials, bool of shape (segments, atoms); None: those
+            whose pitch moves (a glide or a vibrato depth other than 0). A fit names the atoms whose motion
+            it fits, so that their glide and depth get gradients from 0 on.
 
     Returns:
         Per resolution, expected |STFT|^2 with frames centred every hop from each
@@ -714,6 +972,9 @@ def expected_power(
         (segments, n_window / hop, n_fft / 2 + 1).
     """
     sr = plan.sample_rate
+    if moving is None:
+        moving = (params.f0_glide_cents_per_s != 0) | (params.vibrato_cents != 0)
+    any_moving = bool(moving.any())
     # With bfloat16 products the kernels write their frames and spectra in bfloat16 (summed in
     # float32, rounded once), and take their gradients so: nothing is cast around the products.
     half = bfloat16 and native.usable(params.time_s) and native.bfloat16_products()
@@ -722,8 +983,16 @@ def expected_power(
     noise = noise_spectra(params, plan, dtype=dtype)
     tonal_spectra = resonance_spectra(params, plan, n_partials=n_partials, dtype=dtype, modes=modes)
     n_atoms = params.time_s.shape[1]
+    if any_moving:
+        movers, mover_modes, columns, keep = _moving_atoms(params, moving, modes)
+        motion = pitch_scales(movers, window_start_s, plan)
     out = []
     for i, frames in enumerate(plan.frame_powers(powers, dtype=dtype)):  # each (segments, frames, 3 atoms)
+        if any_moving:
+            # The moving atoms' parts in the kernel; in the products, only the others' and every noise.
+            padded = torch.nn.functional.pad(frames, (0, 1))  # a zero column last, for the repeats
+            picked = torch.gather(padded, 2, columns.unsqueeze(1).expand(-1, frames.shape[1], -1)).float()
+            frames = frames * keep.to(frames.dtype)
         # One product for the noise, one for both resonance parts (bodies and short parts
         # side by side in frames and spectra). One split, not two slices: its backward is one
         # concatenation, not two zero-filled gradients.
@@ -733,8 +1002,36 @@ def expected_power(
             noise_frames, tonal_frames = frames.split([n_atoms, 2 * n_atoms], dim=-1)
             noisy = torch.bmm(noise_frames, noise[i])
             tonal = torch.bmm(tonal_frames, tonal_spectra[i])
+        if any_moving:
+            tonal = tonal.float() + moving_resonance_power(
+                picked, movers, *motion[i], plan, i, n_partials=n_partials, modes=mover_modes
+            )
         if floor_db is not None and floor_at is not None:
             spectrum = floor.band_powers(floor_db) @ plan.floor_shares[i]  # (segments, bins)
             noisy = torch.baddbmm(noisy.float(), floor_at[i], spectrum.unsqueeze(1))
         out.append(SplitPower(tonal, noisy))
     return out
+
+
+def _moving_atoms(
+    params: AtomParams, moving: Tensor, modes: Tensor | None
+) -> tuple[AtomParams, Tensor | None, Tensor, Tensor]:
+    """The moving atoms of each segment, side by side, and where their parts sit among the frames' columns.
+
+    Returns:
+        Their parameters, shape (segments, m) for the most moving atoms m of any segment (a segment with
+        fewer repeats one of its atoms, silent); their series, shape (segments, m) (None if `modes` is);
+        the columns of their bodies, then short parts, among
+        `Plan.frame_powers`' (segments, frames, 3 atoms) and one zero column after them (3 atoms: where
+        the repeats read), shape (segments, 2 m); and the columns the products keep (every noise, the
+        other atoms' parts), shape (segments, 1, 3 atoms), 0 or 1.
+    """
+    n_atoms = moving.shape[1]
+    order = torch.argsort((~moving).to(torch.int8), dim=1, stable=True)[:, : max(1, int(moving.sum(1).max()))]
+    movers = AtomParams(**{name: torch.gather(value, 1, order) for name, value in vars(params).items()})
+    mover_modes = None if modes is None else torch.gather(modes.expand_as(moving), 1, order)
+    present = torch.gather(moving, 1, order)
+    body = torch.where(present, order + n_atoms, 3 * n_atoms)
+    columns = torch.cat([body, torch.where(present, order + 2 * n_atoms, 3 * n_atoms)], dim=1)
+    keep = torch.cat([torch.ones_like(moving), ~moving, ~moving], dim=1).unsqueeze(1)
+    return movers, mover_modes, columns, keep

@@ -78,6 +78,7 @@ def render_atoms(
     envelope: str,
     n_partials: int,
     modes: Tensor | None = None,
+    pitch_motion: bool = False,
 ) -> Tensor:
     """Render every atom separately over samples [start, start + n_samples) of the file.
 
@@ -85,6 +86,11 @@ def render_atoms(
     complete (the resonance integrates the burst from the window start). Noise
     sample j of an atom plays at file sample floor(time_s * sample_rate) + j,
     so the noise does not depend on where a render window begins.
+
+    Atoms whose pitch moves (`dsp.pitch_bend_cents`) take their partials' phases from the
+    warped time (`dsp.warped_time_s`), sample by sample; when no atom's pitch moves, the
+    partials run at fixed frequencies (`dsp.partial_sums`, faster), unless `pitch_motion`
+    asks for the moving path anyway (so that a fit gets gradients for the motion's fields).
 
     Args:
         params: Physical parameters, tensors of shape (batch, atoms).
@@ -96,6 +102,7 @@ def render_atoms(
         n_partials: Maximum number of partials per atom.
         modes: Each atom's partial series, indices into `splat.modes.MODES`, integer
             tensor of shape (batch, atoms); None: every atom is a string.
+        pitch_motion: Render every atom's partials as moving ones, even at a fixed pitch.
 
     Returns:
         Audio per atom, shape (batch, atoms, n_samples).
@@ -138,9 +145,15 @@ def render_atoms(
     short_amps = _amplitudes(dsp.partial_weights(p["short_rolloff_db"].double(), ks, n_active.double(), gains))
     first_s = start / sample_rate - p["time_s"].double()
     phases = dsp.partial_phases(ks, n_partials=n_partials).expand_as(freqs)
-    body_carrier, short_sines = dsp.partial_sums(
-        freqs, phases, body_amps, short_amps, first_s, n_samples=n_samples, sample_rate=sample_rate
-    )
+    if pitch_motion or dsp.pitch_moves(params.f0_glide_cents_per_s, params.vibrato_cents):
+        warped, scale = _warped_time(p, first_s, n_samples=n_samples, sample_rate=sample_rate)
+        body_carrier, short_sines = dsp.moving_partial_sums(
+            freqs, phases, body_amps, short_amps, warped, scale, nyquist_hz=sample_rate / 2
+        )
+    else:
+        body_carrier, short_sines = dsp.partial_sums(
+            freqs, phases, body_amps, short_amps, first_s, n_samples=n_samples, sample_rate=sample_rate
+        )
     short_carrier = -short_sines
     share = p["short_share"]
     # Floor at -120 dB: the square root has an infinite slope at 0 (NaN gradients).
@@ -152,6 +165,28 @@ def render_atoms(
     gain = torch.pow(10.0, p["gain_db"] / 20.0)
     release = dsp.release_gain(u, p["duration_s"], p["release_s"], power=False)
     return gain * release * (torch.sqrt(1.0 - p["mix"]) * burst + torch.sqrt(p["mix"]) * tone)
+
+
+def _warped_time(p: dict[str, Tensor], first_s: Tensor, *, n_samples: int, sample_rate: int) -> tuple[Tensor, Tensor]:
+    """Warped time and frequency factor of every atom at each rendered sample, float64.
+
+    The warped time integrates the pitch from the onset: for an atom that started before
+    the window, the samples from its onset are prepended to the integral and dropped after.
+
+    Args:
+        p: The atoms' fields, shape (batch, atoms, 1).
+        first_s: Time of sample 0 since each onset, shape (batch, atoms, 1), float64.
+
+    Returns:
+        `dsp.warped_time_s` and 2^(bend / 1200), each of shape (batch, atoms, n_samples).
+    """
+    n_before = max(0, math.ceil(float(first_s.detach().max()) * sample_rate)) if first_s.numel() else 0
+    n = torch.arange(-n_before, n_samples, device=first_s.device, dtype=torch.float64)
+    u = n / sample_rate + first_s
+    motion = (p[name].double() for name in ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents", "duration_s"))
+    bend = dsp.pitch_bend_cents(u, *motion)
+    warped = dsp.warped_time_s(u, bend, sample_rate=sample_rate)
+    return warped[..., n_before:], torch.exp2(bend[..., n_before:] / 1200.0)
 
 
 def _amplitudes(weights: Tensor) -> Tensor:

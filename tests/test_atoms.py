@@ -201,7 +201,7 @@ def test_a_version_5_file_loads_as_strings_and_renders_as_before():
     doc = json.loads(json.dumps(plain.to_dict()))
     doc["version"] = 5
     for atom in doc["atoms"]:
-        del atom["modes"]
+        del atom["modes"], atom["f0_glide_cents_per_s"], atom["vibrato_hz"], atom["vibrato_cents"]
     loaded = AtomSet.from_dict(doc)
     assert loaded == plain
     params, seeds = loaded.to_params()
@@ -214,8 +214,25 @@ def test_a_version_5_file_loads_as_strings_and_renders_as_before():
     assert np.abs(render_atom_set(drums) - render_atom_set(loaded)).max() > 0.01
 
 
-@pytest.mark.parametrize("name", ["release_s", "formant_db"])
-def test_a_version_5_atom_must_have_its_release_and_formant(name):
+def test_a_version_5_atom_is_read_with_a_fixed_pitch():
+    # Version 5 had no pitch motion: its atoms take Atom's defaults, no glide and no vibrato depth.
+    plain = _atom_set()
+    assert {(a.f0_glide_cents_per_s, a.vibrato_cents) for a in plain.atoms} == {(0.0, 0.0)}
+    moving = replace(
+        plain,
+        atoms=tuple(replace(a, f0_glide_cents_per_s=100.0, vibrato_hz=6.0, vibrato_cents=30.0) for a in plain.atoms),
+    )
+    doc = moving.to_dict()
+    doc["version"] = 5
+    for atom in doc["atoms"]:
+        del atom["f0_glide_cents_per_s"], atom["vibrato_hz"], atom["vibrato_cents"]
+    assert AtomSet.from_dict(doc) == plain
+
+
+@pytest.mark.parametrize(
+    "name", ["release_s", "formant_db", "modes", "f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents"]
+)
+def test_a_version_6_atom_must_have_every_field(name):
     doc = _atom_set().to_dict()
     del doc["atoms"][2][name]
     with pytest.raises(FormatError, match=rf"^atoms\[2\]\.{name} is missing$"):

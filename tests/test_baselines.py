@@ -68,7 +68,7 @@ def test_mp_rejects_a_scale_longer_than_the_clip():
 
 
 def test_equal_number_budget():
-    assert gabor_atoms_for_splat_budget(64) == 230  # floor(64 * 18 / 5): 18 continuous fields per splat atom
+    assert gabor_atoms_for_splat_budget(64) == 268  # floor(64 * 21 / 5): 21 continuous fields per splat atom
 
 
 def _broadband_burst(rng):

@@ -250,7 +250,7 @@ def test_duplicate_atoms_flags_the_quieter_of_two_atoms_on_one_note():
         attack_s=0.01, spread_s=0.01, noise_center_hz=1000.0, noise_bandwidth_hz=500.0,
         inharmonicity=1e-4, rolloff_db=4.0, decay_s=1.0, mix=0.9,
         short_share=0.3, short_decay_s=0.2, short_rolloff_db=1.5, duration_s=0.5, release_s=0.2,
-        formant_hz=2000.0, formant_db=6.0,
+        formant_hz=2000.0, formant_db=6.0, f0_glide_cents_per_s=0.0, vibrato_hz=5.5, vibrato_cents=0.0,
     )  # fmt: skip
     shape = (2, 3)
     fields = {k: torch.full(shape, v) for k, v in base.items()}
@@ -343,12 +343,17 @@ def test_split_by_gain_puts_the_louder_half_of_each_segment_first():
     params = AtomParams(
         **{name: torch.arange(6.0).reshape(2, 3) for name in FIELDS if name != "gain_db"}, gain_db=gains
     )
-    lead, rest, lead_modes, rest_modes = _split_by_gain(params, torch.arange(6).reshape(2, 3))
+    moving = torch.tensor([[True, False, False], [False, True, True]])
+    lead, rest, (lead_modes, rest_modes), (lead_moving, rest_moving) = _split_by_gain(
+        params, torch.arange(6).reshape(2, 3), moving
+    )
     assert lead.gain_db.tolist() == [[-5.0, -20.0], [0.0, -10.0]]
     assert rest.gain_db.tolist() == [[-30.0], [-40.0]]
-    # Every field travels with its atom, and so does its partial series.
+    # Every field travels with its atom, and so do its partial series and its mask.
     assert lead.f0_hz.tolist() == [[1.0, 2.0], [3.0, 5.0]]
     assert lead_modes.tolist() == [[1, 2], [3, 5]] and rest_modes.tolist() == [[0], [4]]
+    assert lead_moving.tolist() == [[False, False], [False, True]]
+    assert rest_moving.tolist() == [[True], [True]]
 
 
 def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spectrogram():
@@ -371,6 +376,9 @@ def test_export_puts_the_shorter_resonance_part_second_without_changing_the_spec
         "release_s": [0.1, 0.3],
         "formant_hz": [1500.0, 3000.0],
         "formant_db": [9.0, 0.0],
+        "f0_glide_cents_per_s": [0.0, 50.0],
+        "vibrato_hz": [5.5, 6.0],
+        "vibrato_cents": [0.0, 20.0],
     }
     params = AtomParams(**{k: torch.tensor([v], dtype=torch.float64) for k, v in values.items()})
     bounds = Bounds.for_sample_rate(22050)

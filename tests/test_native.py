@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from splat import dsp, loss, native, spectral
+from splat.fitting import MOTION_FIELDS
 from splat.params import FIELDS, AtomParams, Bounds
 
 SR = 22050
@@ -50,8 +51,9 @@ def _assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float = 1e
     assert ((actual - expected).abs().max() / scale).item() < rtol
 
 
-def _params(rng: np.random.Generator, shape=(2, 5)) -> dict[str, torch.Tensor]:
-    """float32 values of every field spread over its whole range (time within the first 0.4 s)."""
+def _params(rng: np.random.Generator, shape=(2, 5), *, moving: bool = False) -> dict[str, torch.Tensor]:
+    """float32 values of every field spread over its whole range (time within the first 0.4 s); the
+    pitch fixed (no glide, no vibrato depth) unless `moving`."""
     bounds = Bounds.for_sample_rate(SR)
     values = {"time_s": rng.uniform(0.0, 0.4, shape)}
     for name in FIELDS[1:]:
@@ -62,6 +64,8 @@ def _params(rng: np.random.Generator, shape=(2, 5)) -> dict[str, torch.Tensor]:
             if rng_.log
             else rng_.lo + unit * (rng_.hi - rng_.lo)
         )
+    if not moving:
+        values["f0_glide_cents_per_s"] = values["vibrato_cents"] = np.zeros(shape)
     return {k: torch.tensor(v, dtype=torch.float32) for k, v in values.items()}
 
 
@@ -157,6 +161,48 @@ def test_resonance_spectra_match_pytorch_to_the_precision_of_a_float32_position(
             error
             <= 2 * (ref_grads[name].double() - exact_grads[name]).abs().max() + 1e-6 * exact_grads[name].abs().max()
         )
+
+
+def test_moving_partials_match_pytorch_to_the_precision_of_float32(monkeypatch, rng, plan):
+    """The frame-by-frame splats of moving pitches (`spectral.moving_resonance_power`): glides and
+    vibratos over their whole ranges, one atom swept past MAX_SWEEP_BINS, one held at its pitch (the
+    plain Hann kernel), every partial series, frames of random powers. Both paths read the moving
+    positions and sweeps in float32 (a vibrato's sine of ~1e3 rad loses ~1e-4 rad), so both are compared
+    with a float64 evaluation, and the kernels must be as close to it as PyTorch's float32 is."""
+    values = _params(rng, moving=True)
+    values["f0_glide_cents_per_s"][0, 0], values["vibrato_cents"][0, 0] = 0.0, 0.0
+    values["vibrato_cents"][1, 0], values["vibrato_hz"][1, 0], values["f0_hz"][1, 0] = 150.0, 12.0, 2000.0
+    frames = [
+        torch.rand(2, plan.grid.n_window // res.hop, 10, generator=torch.Generator().manual_seed(2)) * 100.0
+        for res in plan.resolutions
+    ]
+    window_start_s = torch.tensor([[0.0], [0.25]])
+    series = torch.tensor([[0, 1, 2, 1, 0], [2, 0, 1, 2, 1]])  # strings, membranes and bars (`splat.modes`)
+
+    def run(dtype=torch.float32):
+        plan_d = spectral.Plan(plan.grid, plan.resolutions, sample_rate=SR, device=torch.device("cpu"))
+        plan_d.pitch_nodes = [tuple(t.to(dtype) for t in nodes) for nodes in plan.pitch_nodes]
+
+        def outputs(p):
+            motion = spectral.pitch_scales(p, window_start_s.to(dtype), plan_d)
+            return [
+                spectral.moving_resonance_power(
+                    frames[i].to(dtype), p, *motion[i], plan_d, i, n_partials=32, modes=series
+                )
+                for i in range(len(plan.resolutions))
+            ]
+
+        return _gradients({k: v.to(dtype) for k, v in values.items()}, outputs)
+
+    (spectra, grads), (ref_spectra, ref_grads) = _both(monkeypatch, run)
+    exact, exact_grads = run(torch.float64)
+    for a, b, c in zip(spectra, ref_spectra, exact, strict=True):
+        assert (a.double() - c).abs().max() <= 2 * (b.double() - c).abs().max() + 1e-6 * c.abs().max()
+    assert set(grads) == set(ref_grads) == {*spectral._PARTIAL_FIELDS, *MOTION_FIELDS, "time_s", "duration_s"}
+    for name in grads:
+        error = (grads[name].double() - exact_grads[name]).abs().max()
+        reference = (ref_grads[name].double() - exact_grads[name]).abs().max()
+        assert error <= 2 * reference + 1e-5 * exact_grads[name].abs().max(), name
 
 
 def test_silent_partials_get_no_share(monkeypatch, plan):

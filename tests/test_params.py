@@ -34,7 +34,7 @@ def _t0(batch: int = 3) -> torch.Tensor:
 
 
 def test_field_order_matches_the_atom_params_dataclass():
-    assert N_FIELDS == len(FIELDS) == 18
+    assert N_FIELDS == len(FIELDS) == 21
     assert FIELDS[0] == "time_s"
     assert tuple(AtomParams.__dataclass_fields__) == FIELDS
 

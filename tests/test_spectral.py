@@ -39,6 +39,9 @@ def _params(rng, n_atoms: int = 3) -> AtomParams:
         "release_s": rng.uniform(0.05, 0.5, shape),
         "formant_hz": rng.uniform(500, 4000, shape),
         "formant_db": rng.uniform(0, 20, shape),
+        "f0_glide_cents_per_s": np.zeros(shape),
+        "vibrato_hz": rng.uniform(4, 7, shape),
+        "vibrato_cents": np.zeros(shape),
     }
     return AtomParams(**{k: torch.as_tensor(v) for k, v in values.items()})
 

@@ -135,6 +135,23 @@ def _reference(
     ]
     audible = [(k, f) for k, f in partials if f < sr / 2]
 
+    # Pitch motion: every partial's frequency times 2^(bend / 1200), bend = glide * min(u, duration)
+    # + depth * sin(2 pi rate u) after the onset; the phase runs on the integral of that factor from
+    # the onset (u before it). The integral by the midpoint rule on a grid 16 times finer than the
+    # samples (the renderer integrates sample by sample), then read at each sample.
+    def factor(v: np.ndarray) -> np.ndarray:
+        v = np.maximum(v, 0.0)
+        bend = atom.f0_glide_cents_per_s * np.minimum(v, atom.duration_s) + atom.vibrato_cents * np.sin(
+            2.0 * math.pi * atom.vibrato_hz * v
+        )
+        return 2.0 ** (bend / 1200.0)
+
+    step = 1.0 / (16 * sr)
+    fine = np.arange(0.0, max(u[-1], 0.0) + 2 * step, step)
+    integral = np.concatenate([[0.0], np.cumsum(factor(fine[:-1] + step / 2) - 1.0) * step])
+    warped = u + np.where(u > 0, np.interp(u, fine, integral), 0.0)
+    scale = factor(u)
+
     # The formant: a power gain 10^(formant_db / 10) at formant_hz, falling as a gaussian in octaves
     # to half its excess 0.5 octave away; the shares are renormalised to sum to 1.
     sigma_octaves = 1.0 / FWHM_PER_SIGMA
@@ -151,7 +168,8 @@ def _reference(
         out = np.zeros(n_samples)
         for k, f in audible:
             share = rho ** (k - 1) * boost[k] / total
-            out += math.sqrt(2.0 * share) * wave(2.0 * math.pi * f * u + math.pi * k * (k - 1) / n_partials)
+            live = f * scale < sr / 2  # silent while at or above Nyquist
+            out += live * math.sqrt(2.0 * share) * wave(2.0 * math.pi * f * warped + math.pi * k * (k - 1) / n_partials)
         return out
 
     body = (1.0 - atom.short_share) * one_pole(atom.decay_s)
@@ -194,8 +212,17 @@ REFERENCE_ATOMS = [
         noise_bandwidth_hz=80.0,
         short_share=0.0,  # as every version-1 atom
     ),
+    _atom(f0_hz=220.0, f0_glide_cents_per_s=-400.0, duration_s=0.2, vibrato_hz=6.5, vibrato_cents=45.0),
+    # Partial 3 passes Nyquist at about 85 cents up: silent from then on, and at the vibrato's peaks.
+    _atom(f0_hz=3500.0, f0_glide_cents_per_s=1200.0, duration_s=0.25, vibrato_hz=9.0, vibrato_cents=-30.0, mix=0.9),
 ]
-REFERENCE_IDS = ["mid", "short-part-inharmonic-released-formant", "onset-at-zero"]
+REFERENCE_IDS = [
+    "mid",
+    "short-part-inharmonic-released-formant",
+    "onset-at-zero",
+    "glide-and-vibrato",
+    "glide-past-nyquist",
+]
 
 
 def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarray) -> None:
@@ -215,8 +242,12 @@ def _compare_with_reference(atom: Atom, envelope: str, noise_freqs_hz: np.ndarra
     assert peak > 0.01
     # float64 throughout. The FFT convolution leaves ~1e-15 * max(P) of rounding in the resonance
     # power P; just after the onset P sits at its 1e-12 floor, where sqrt amplifies an absolute
-    # error by 1 / (2 sqrt(1e-12)) = 5e5: ~5e-10 of the peak amplitude at most.
-    np.testing.assert_allclose(rendered, expected, rtol=0, atol=1e-9 * peak)
+    # error by 1 / (2 sqrt(1e-12)) = 5e5: ~5e-10 of the peak amplitude at most. A moving pitch adds
+    # the trapezoidal rule's error on the warped time, (1 / sr)^2 / 12 times the factor's curvature
+    # (~40 / s^2 for 45 cents at 6.5 Hz) per second: ~1e-9 s, 1e-5 rad at 2 kHz, ~1e-6 of the peak
+    # (a rectangle rule would be off by ~(1 / 2 sr) times the bend's factor - 1: ~1e-3 of it).
+    moving = atom.f0_glide_cents_per_s != 0 or atom.vibrato_cents != 0
+    np.testing.assert_allclose(rendered, expected, rtol=0, atol=(1e-5 if moving else 1e-9) * peak)
 
 
 @pytest.mark.parametrize("envelope", ["gamma", "gaussian"])
@@ -489,9 +520,10 @@ def test_an_atom_at_the_very_end_renders_nothing():
 
 
 def test_render_atoms_is_differentiable_in_every_field():
-    # Both atoms are released inside the 0.19 s rendered and have a formant, so those fields matter
-    # too; the second has only 3 of the 8 partials below Nyquist (silent ones must not give NaN).
-    shape = dict(formant_hz=1000.0, formant_db=6.0)
+    # Both atoms are released inside the 0.19 s rendered and have a formant, a glide and a vibrato,
+    # so those fields matter too; the second has only 3 of the 8 partials below Nyquist (silent ones
+    # must not give NaN).
+    shape = dict(formant_hz=1000.0, formant_db=6.0, f0_glide_cents_per_s=-300.0, vibrato_hz=7.0, vibrato_cents=20.0)
     atoms = [
         _atom(duration_s=0.04, release_s=0.1, **shape),
         _atom(time_s=0.15, mix=0.5, noise_seed=3, duration_s=0.02, f0_hz=3000.0, **shape),

@@ -181,6 +181,8 @@ def family_atom(family: str, rng: np.random.Generator, *, time_s: float, midi: f
 def _clipped(values: dict, bounds: Bounds) -> dict:
     out = dict(values)
     for name in FIELDS[1:]:
+        if name not in out:  # the pitch motion: the generated atoms keep `Atom`'s fixed pitch
+            continue
         r = bounds.range_of(name)
         out[name] = float(min(max(out[name], r.lo), r.hi))
     if out["short_decay_s"] > out["decay_s"]:
