@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from splat.atoms import Atom, AtomSet
 from splat.errors import ParameterError, SplatError
 from splat.files import atomic_path, write_text_atomic
-from splat.params import FIELDS, AtomParams, Bounds, to_physical
+from splat.params import FIELDS, MOTION_FIELDS, AtomParams, Bounds, to_physical
 
 #: The encoder's own sample rate; other rates are resampled to it.
 ENCODER_RATE = 22050
@@ -55,26 +55,9 @@ HARMONICS = (0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
 INTERVALS = (-24, -19, -12, -7, 0, 7, 12, 19, 24)
 #: The fields regressed in raw units (all but the onset and f0, which come from the cell, and the
 #: pitch motion, which the network was not trained on: its proposals have a fixed pitch, `MOTION_START`).
-RAW_FIELDS = (
-    "gain_db",
-    "attack_s",
-    "spread_s",
-    "noise_center_hz",
-    "noise_bandwidth_hz",
-    "inharmonicity",
-    "rolloff_db",
-    "decay_s",
-    "mix",
-    "short_share",
-    "short_decay_s",
-    "short_rolloff_db",
-    "duration_s",
-    "release_s",
-    "formant_hz",
-    "formant_db",
-)
+RAW_FIELDS = tuple(name for name in FIELDS if name not in ("time_s", "f0_hz", *MOTION_FIELDS))
 #: The pitch motion of every proposal: none (`Atom`'s defaults, with which the pitch stays fixed).
-MOTION_START = {name: getattr(Atom, name) for name in ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")}
+MOTION_START = {name: getattr(Atom, name) for name in MOTION_FIELDS}
 #: Output channels: logit, onset offset (frames), f0 offset (semitones), then RAW_FIELDS.
 N_OUTPUTS = 3 + len(RAW_FIELDS)
 #: Floor of the input's log power, dB.

@@ -43,6 +43,7 @@ from splat.optim import Adam, warmup_cosine
 from splat.params import (
     FIELDS,
     FLOOR_LEVEL_DB,
+    MOTION_FIELDS,
     AtomParams,
     Bounds,
     RoomBounds,
@@ -102,8 +103,6 @@ START_SHAPE = {
     "vibrato_hz": 5.5,
     "vibrato_cents": 0.0,
 }
-#: The fields of the pitch motion, held at their starting values in a fit without it.
-MOTION_FIELDS = ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")
 #: An atom starts with its release START_OVERLAP times as far from its onset as the next
 #: onset the analysis found at least MIN_START_DURATION_S later, or LAST_START_DURATION_S
 #: after it if there is none: a note is first taken to ring a little into the next one, and

@@ -43,6 +43,8 @@ FIELDS: tuple[str, ...] = (
     "vibrato_cents",
 )
 N_FIELDS = len(FIELDS)
+#: The fields of an atom's pitch motion (glide and vibrato; all at their defaults: a fixed pitch).
+MOTION_FIELDS = ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents")
 
 # Keeps sigmoid inputs finite when a physical value sits exactly on a bound.
 _EDGE = 1e-6

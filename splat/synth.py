@@ -18,7 +18,7 @@ from torch import Tensor
 from splat import dsp, floor, room
 from splat.atoms import AtomSet
 from splat.modes import partial_ratios
-from splat.params import AtomParams, RoomParams
+from splat.params import MOTION_FIELDS, AtomParams, RoomParams
 
 #: Length of each atom's noise realisation, in seconds (covers the longest burst).
 NOISE_S = 4.0
@@ -183,7 +183,7 @@ def _warped_time(p: dict[str, Tensor], first_s: Tensor, *, n_samples: int, sampl
     n_before = max(0, math.ceil(float(first_s.detach().max()) * sample_rate)) if first_s.numel() else 0
     n = torch.arange(-n_before, n_samples, device=first_s.device, dtype=torch.float64)
     u = n / sample_rate + first_s
-    motion = (p[name].double() for name in ("f0_glide_cents_per_s", "vibrato_hz", "vibrato_cents", "duration_s"))
+    motion = (p[name].double() for name in (*MOTION_FIELDS, "duration_s"))
     bend = dsp.pitch_bend_cents(u, *motion)
     warped = dsp.warped_time_s(u, bend, sample_rate=sample_rate)
     return warped[..., n_before:], torch.exp2(bend[..., n_before:] / 1200.0)

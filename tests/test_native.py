@@ -14,8 +14,7 @@ import pytest
 import torch
 
 from splat import dsp, loss, native, spectral
-from splat.fitting import MOTION_FIELDS
-from splat.params import FIELDS, AtomParams, Bounds
+from splat.params import FIELDS, MOTION_FIELDS, AtomParams, Bounds
 
 SR = 22050
 
