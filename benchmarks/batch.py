@@ -182,9 +182,11 @@ def write_report(
     n_cores = os.cpu_count() or 1
     busy = max(load[0][0], load[1][0]) > 0.5 * n_cores
     iters = "default settings" if args.iters is None else f"default settings but --iters {args.iters}"
-    header = "| mode | files | wall (s) | files/min | audio s per s | peak RSS per worker (MB) | " + " | ".join(
-        f"34 h on {n} machine{'s' * (n > 1)} (h)" for n in MACHINES
-    ) + " |"
+    header = (
+        "| mode | files | wall (s) | files/min | audio s per s | peak RSS per worker (MB) | "
+        + " | ".join(f"34 h on {n} machine{'s' * (n > 1)} (h)" for n in MACHINES)
+        + " |"
+    )
     lines = [
         "# Batch fitting throughput",
         "",

@@ -54,9 +54,9 @@ def _step_problem() -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tenso
     spec = ModelSpec(sr, config.envelope, config.n_partials, resolutions, config.grid_step)
     region = Region(0, N, (0,), N)
     bounds = Bounds.for_sample_rate(sr)
-    values, _, _ = initial_params(
+    values = initial_params(
         audio, region, sr, config.n_atoms, bounds, np.random.default_rng(0), tone_peak_db=_tone_peak_db(sr, "gamma")
-    )
+    ).values
     t0, span = _onset_windows(region, N, sr, torch.device("cpu"))
     start = AtomParams(**{k: torch.tensor(values[k], dtype=torch.float32) for k in FIELDS})
     raw = to_raw(start, bounds=bounds, t0_s=t0, span_s=span).detach().requires_grad_(True)

@@ -1059,7 +1059,10 @@ def encoder_train_command(
             steps = progress.add_task("training", total=n_steps, note="")
 
             def on_step(update) -> None:
-                note = f"loss {update.loss:.3f} (events {update.detection:.3f}, fields {update.regression:.3f})"
+                note = (
+                    f"loss {update.loss:.3f} (events {update.detection:.3f}, fields {update.regression:.3f},"
+                    f" series {update.series:.3f})"
+                )
                 progress.update(steps, completed=update.step, note=note)
 
             note = f"{n_synthetic} synthetic + {n_midi} fluidsynth clips, seed {seed}"

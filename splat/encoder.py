@@ -12,8 +12,9 @@ Onsets and Frames), rather than a fixed set of unordered slots:
   context: a note already ringing is not new), one block that reads each pitch at musical
   intervals (fifths, octaves, twelfths: where doubled and hidden notes show);
 - output per cell (frame m, semitone k): the logit of "an atom starts here", the
-  onset's and the f0's offsets within the cell, and the other 16 fields in the raw
-  (unconstrained) space of `splat.params`, which maps them to physical units;
+  onset's and the f0's offsets within the cell, the other 16 fields in the raw
+  (unconstrained) space of `splat.params`, which maps them to physical units, and the
+  logits of the atom's partial series (`splat.modes.MODES`: string, membrane, bar);
 - decoding: cells that are the largest of their 3 x 3 neighbourhood and above a
   threshold, strongest first.
 
@@ -39,6 +40,7 @@ from torch import Tensor, nn
 from splat.atoms import Atom, AtomSet
 from splat.errors import ParameterError, SplatError
 from splat.files import atomic_path, write_text_atomic
+from splat.modes import MODES
 from splat.params import FIELDS, MOTION_FIELDS, AtomParams, Bounds, to_physical
 
 #: The encoder's own sample rate; other rates are resampled to it.
@@ -58,8 +60,9 @@ INTERVALS = (-24, -19, -12, -7, 0, 7, 12, 19, 24)
 RAW_FIELDS = tuple(name for name in FIELDS if name not in ("time_s", "f0_hz", *MOTION_FIELDS))
 #: The pitch motion of every proposal: none (`Atom`'s defaults, with which the pitch stays fixed).
 MOTION_START = {name: getattr(Atom, name) for name in MOTION_FIELDS}
-#: Output channels: logit, onset offset (frames), f0 offset (semitones), then RAW_FIELDS.
-N_OUTPUTS = 3 + len(RAW_FIELDS)
+#: Output channels: logit, onset offset (frames), f0 offset (semitones), RAW_FIELDS, then a logit per series.
+SERIES_CHANNELS = slice(3 + len(RAW_FIELDS), 3 + len(RAW_FIELDS) + len(MODES))
+N_OUTPUTS = SERIES_CHANNELS.stop
 #: Floor of the input's log power, dB.
 FLOOR_DB = -100.0
 #: Frames read at once, and frames of context on each side of a block (beyond the receptive field).
@@ -232,17 +235,38 @@ class Proposals:
 
     Attributes:
         params: Physical fields, tensors of shape (1, atoms).
+        modes: Partial series of each, indices into `splat.modes.MODES`, shape (atoms,), int64.
         score: Detection probability of each, shape (atoms,).
     """
 
     params: AtomParams
+    modes: Tensor
     score: Tensor
 
     def __len__(self) -> int:
         return int(self.score.numel())
 
 
-def decode(outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds) -> tuple[Tensor, Tensor, Tensor]:
+@dataclass(frozen=True)
+class Peaks:
+    """Decoded events, strongest first.
+
+    Attributes:
+        time_s: Onsets in seconds (at ENCODER_RATE's frame grid), shape (atoms,).
+        f0_hz: Pitches in Hz, shape (atoms,).
+        raw: Raw values of RAW_FIELDS, shape (atoms, len(RAW_FIELDS)).
+        modes: The most likely partial series, indices into MODES, shape (atoms,), int64.
+        score: Detection probabilities, shape (atoms,).
+    """
+
+    time_s: Tensor
+    f0_hz: Tensor
+    raw: Tensor
+    modes: Tensor
+    score: Tensor
+
+
+def decode(outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds) -> Peaks:
     """Peaks of the event map and their fields.
 
     Args:
@@ -250,10 +274,6 @@ def decode(outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds)
         threshold: Least detection probability kept.
         max_atoms: Most peaks kept (the strongest).
         bounds: Physical ranges (f0 is clipped inside them).
-
-    Returns:
-        Onsets in seconds (at ENCODER_RATE's frame grid), f0 in Hz, and the raw values of
-        RAW_FIELDS with the score last, shapes (atoms,), (atoms,), (atoms, len(RAW_FIELDS) + 1).
     """
     prob = torch.sigmoid(outputs[0])
     peak = torch.nn.functional.max_pool2d(prob[None, None], 3, stride=1, padding=1)[0, 0]
@@ -268,7 +288,8 @@ def decode(outputs: Tensor, *, threshold: float, max_atoms: int, bounds: Bounds)
     time_s = (frames.to(outputs.dtype) + offset_t) * HOP / ENCODER_RATE
     midi = (pitches.to(outputs.dtype) + LOWEST_MIDI) + offset_p
     f0_hz = (440.0 * 2.0 ** ((midi - 69.0) / 12.0)).clamp(bounds.f0_hz.lo * 1.01, bounds.f0_hz.hi * 0.99)
-    return time_s.clamp_min(0.0), f0_hz, torch.cat([cell[3:].T, score[:, None]], dim=1)
+    raw = cell[3 : SERIES_CHANNELS.start].T
+    return Peaks(time_s.clamp_min(0.0), f0_hz, raw, cell[SERIES_CHANNELS].argmax(0), score)
 
 
 def weights_hash(path: Path) -> str:
@@ -369,17 +390,15 @@ class Encoder:
 
             g = math.gcd(sample_rate, ENCODER_RATE)
             audio = resample_poly(np.asarray(audio, dtype=np.float64), ENCODER_RATE // g, sample_rate // g)
-        out = self.outputs(audio)
-        time_s, f0_hz, rest = decode(out, threshold=self.threshold, max_atoms=max_atoms, bounds=bounds)
-        n = time_s.numel()
-        raw = torch.zeros(1, n, len(FIELDS))
+        peaks = decode(self.outputs(audio), threshold=self.threshold, max_atoms=max_atoms, bounds=bounds)
+        raw = torch.zeros(1, peaks.score.numel(), len(FIELDS))
         for i, name in enumerate(RAW_FIELDS):
-            raw[0, :, FIELDS.index(name)] = rest[:, i]
+            raw[0, :, FIELDS.index(name)] = peaks.raw[:, i]
         phys = to_physical(raw, bounds=bounds, t0_s=torch.zeros(1, 1), span_s=1.0)
-        fixed = {"time_s": time_s[None], "f0_hz": f0_hz[None]}
-        fixed |= {name: torch.full_like(f0_hz[None], value) for name, value in MOTION_START.items()}
+        fixed = {"time_s": peaks.time_s[None], "f0_hz": peaks.f0_hz[None]}
+        fixed |= {name: torch.full_like(peaks.f0_hz[None], value) for name, value in MOTION_START.items()}
         params = AtomParams(**(vars(phys) | fixed))
-        return Proposals(params, rest[:, -1])
+        return Proposals(params, peaks.modes, peaks.score)
 
     def propose(self, audio: np.ndarray, sample_rate: int, *, max_atoms: int = 4096, seed: int = 0) -> AtomSet:
         """Proposed atoms for audio as an `AtomSet` (what `splat fit --iters 0` writes, in one call).
@@ -405,7 +424,8 @@ class Encoder:
         for j in range(len(found)):
             record = {name: float(getattr(found.params, name)[0, j]) for name in FIELDS}
             record["time_s"] = min(record["time_s"], duration_s)
-            atoms.append(Atom(**record, noise_seed=int(rng.integers(0, 2**62))))
+            modes = MODES[int(found.modes[j])]
+            atoms.append(Atom(**record, modes=modes, noise_seed=int(rng.integers(0, 2**62))))
         return AtomSet(
             atoms=tuple(atoms),
             sample_rate=sample_rate,

@@ -510,12 +510,15 @@ class StartingAtoms:
         noise_seeds: The atoms' noise seeds, shape (segments, atoms).
         onsets_s: Onsets the init found, in seconds from the region's start, shape (onsets,).
         placed: Atoms the init put on an event (the others start quiet, anywhere), shape (segments, atoms).
+        modes: The atoms' partial series, indices into `MODES`, shape (segments, atoms): strings, but for
+            the encoder's proposals of another series.
     """
 
     values: dict[str, np.ndarray]
     noise_seeds: np.ndarray
     onsets_s: np.ndarray
     placed: np.ndarray
+    modes: np.ndarray
 
 
 def initial_params(
@@ -529,6 +532,7 @@ def initial_params(
     tone_peak_db: float,
     init: str = "analysis",
     proposals: Proposals | None = None,
+    allowed_modes: tuple[str, ...] = MODES,
 ) -> StartingAtoms:
     """Starting atoms of a chunk.
 
@@ -536,7 +540,8 @@ def initial_params(
     segment, the first ones go to the events the init found: the analysis' strongest
     (onset, pitch) seeds (time, f0 and level; the other fields from `START_SHAPE`), or
     the encoder's proposals, strongest first (every field; the spare atoms then start at the
-    bottom of the gain range). With init "random", none.
+    bottom of the gain range; a proposal's series is kept if `allowed_modes` has it). With
+    init "random", none.
 
     Args:
         target: The normalised file, shape (samples,).
@@ -548,6 +553,7 @@ def initial_params(
         tone_peak_db: Peak level of a 0 dB atom with the starting shape (`_tone_peak_db`).
         init: One of `INITS`.
         proposals: The encoder's proposals for the whole file (init "encoder").
+        allowed_modes: The series the fit may give an atom (`FitConfig.modes`).
     """
     seg = region.n_segment
     lo = region.start
@@ -563,6 +569,7 @@ def initial_params(
     f0_hz = np.exp(rng.uniform(np.log(55.0), np.log(1760.0), shape))
     level_db = np.full(shape, analysis.QUIET_DB)
     placed = np.zeros(shape, dtype=bool)
+    modes = np.full(shape, STRING, dtype=np.int64)
     used = np.zeros(n_seg, dtype=int)
     onsets_s = np.zeros(0)
     if init == "analysis":
@@ -587,26 +594,31 @@ def initial_params(
         # became extra events around the proposals (note F1 0.85 -> 0.88, drum onset F1 0.74 -> 0.91 at
         # 300 iterations; docs/encoder.md).
         values["gain_db"] = np.full(shape, bounds.gain_db.lo + 1)
-        onsets_s = _place_proposals(values, placed, used, proposals, region, sample_rate, length_s)
+        proposed = proposals.modes.cpu().numpy()
+        proposed = np.where(np.isin(proposed, [MODES.index(name) for name in allowed_modes]), proposed, STRING)
+        onsets_s = _place_proposals(values, placed, modes, used, proposals, proposed, region, sample_rate, length_s)
     values["duration_s"] = np.where(
         placed & (init == "encoder"),
         values["duration_s"],
         starting_durations(values["time_s"], lo / sample_rate + onsets_s),
     )
     noise_seeds = rng.integers(0, 2**62, size=shape)
-    return StartingAtoms(values, noise_seeds, onsets_s, placed)
+    return StartingAtoms(values, noise_seeds, onsets_s, placed, modes)
 
 
 def _place_proposals(
     values: dict[str, np.ndarray],
     placed: np.ndarray,
+    modes: np.ndarray,
     used: np.ndarray,
     proposals: Proposals,
+    series: np.ndarray,
     region: Region,
     sample_rate: int,
     length_s: np.ndarray,
 ) -> np.ndarray:
-    """Put the encoder's proposals into their segments' first atoms (in place); returns their onsets.
+    """Put the encoder's proposals, with their partial `series`, into their segments' first atoms (in
+    place: `values`, `placed`, `modes`, `used`); returns their onsets.
 
     Returns:
         The distinct onsets of the proposals inside the region, seconds from its start, shape (onsets,).
@@ -625,6 +637,7 @@ def _place_proposals(
         for name in FIELDS:
             values[name][i, j] = fields[name][k]
         values["time_s"][i, j] = min(max(t, starts[i]), starts[i] + length_s[i] * 0.999)
+        modes[i, j] = series[k]
         placed[i, j] = True
         used[i] += 1
         onsets.append(values["time_s"][i, j] - region.start / sample_rate)
@@ -802,6 +815,7 @@ def _fit_chunk(
         tone_peak_db=tone_peak_db,
         init=config.init,
         proposals=proposals,
+        allowed_modes=config.modes,
     )
     values, noise_seeds, onsets_s = starting.values, starting.noise_seeds, starting.onsets_s
     # An onset at the file's first sample (it starts inside a sound, or with a strike): atoms there hold
@@ -825,8 +839,8 @@ def _fit_chunk(
     # The optimiser moves `shift`; raw = raw0 + step_scales() * shift gives every field its own step size.
     shift = torch.zeros_like(raw0, requires_grad=True)
     seeds = torch.tensor(noise_seeds, dtype=torch.int64, device="cpu")
-    # Every atom starts as a string; `choose_series` tries the others on the events.
-    modes = torch.full(raw0.shape[:2], STRING, dtype=torch.int64, device=device)
+    # Every atom starts as a string (or as the encoder proposed); `choose_series` tries the others on the events.
+    modes = torch.from_numpy(starting.modes).to(device)
     noise_floor = _FloorFit.start(target, region, spec.sample_rate, rng) if config.noise_floor else None
 
     def floor_levels() -> Tensor | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -26,6 +27,8 @@ from splat.encoder import (
     N_FFTS,
     N_OUTPUTS,
     N_PITCHES,
+    RAW_FIELDS,
+    SERIES_CHANNELS,
     Encoder,
     EncoderConfig,
     EncoderNet,
@@ -36,10 +39,12 @@ from splat.encoder import (
     n_parameters,
 )
 from splat.errors import ParameterError, SplatError
-from splat.params import Bounds
+from splat.modes import MODES
+from splat.params import FIELDS, Bounds
 from splat.training import data as training_data
 from splat.training.midi import midi_file
-from splat.training.synthetic import render_clip
+from splat.training.synthetic import UNKNOWN_SERIES, render_clip
+from splat.training.targets import build_targets, losses
 from splat.training.train import TrainConfig, train
 
 SHIPPED = encoder_module.WEIGHTS_DIR / "encoder.pt"
@@ -98,12 +103,42 @@ def test_decode_keeps_local_peaks_above_threshold_strongest_first():
     out[0, 15, 60] = -2.0  # probability 0.12: under the threshold
     out[1, 5, 48] = math.atanh(0.4)  # onset 0.2 frames later
     out[2, 5, 48] = math.atanh(0.2)  # 0.1 semitone sharp
-    time_s, f0_hz, rest = decode(out, threshold=0.3, max_atoms=10, bounds=Bounds())
-    assert time_s.shape == (2,)
-    assert float(time_s[0]) == pytest.approx(5.2 * HOP / ENCODER_RATE, rel=1e-5)
-    assert float(f0_hz[0]) == pytest.approx(440 * 2 ** (0.1 / 12), rel=1e-5)
-    assert float(rest[0, -1]) > float(rest[1, -1])  # scores, strongest first
-    assert decode(out, threshold=0.3, max_atoms=1, bounds=Bounds())[0].shape == (1,)
+    out[SERIES_CHANNELS.start + MODES.index("membrane"), 5, 48] = 2.0  # the peak rings as a membrane
+    peaks = decode(out, threshold=0.3, max_atoms=10, bounds=Bounds())
+    assert peaks.time_s.shape == (2,)
+    assert float(peaks.time_s[0]) == pytest.approx(5.2 * HOP / ENCODER_RATE, rel=1e-5)
+    assert float(peaks.f0_hz[0]) == pytest.approx(440 * 2 ** (0.1 / 12), rel=1e-5)
+    assert float(peaks.score[0]) > float(peaks.score[1])  # strongest first
+    assert [MODES[int(m)] for m in peaks.modes] == ["membrane", "string"]
+    assert peaks.raw.shape == (2, len(RAW_FIELDS))
+    assert decode(out, threshold=0.3, max_atoms=1, bounds=Bounds()).time_s.shape == (1,)
+
+
+def test_generated_clips_label_each_event_with_the_series_it_was_rendered_with():
+    rng = np.random.default_rng(3)
+    clips = [render_clip(rng, n_samples=4096) for _ in range(40)]
+    labels = np.concatenate([c.series for c in clips])
+    assert all(c.series.shape == (c.atoms.shape[0],) for c in clips)
+    assert set(labels.tolist()) == set(range(len(MODES)))  # drums as membranes, mallets as bars, the rest strings
+    f0 = np.concatenate([c.atoms[:, FIELDS.index("f0_hz")] for c in clips])
+    assert np.all(f0[labels == MODES.index("membrane")] < 300.0)  # only kicks, snares and toms are membranes
+
+
+def test_series_targets_and_loss_only_where_the_series_is_known():
+    events = np.zeros((2, 1, len(FIELDS)), dtype=np.float32)
+    events[:, 0, FIELDS.index("time_s")] = 10 * HOP / ENCODER_RATE
+    events[:, 0, FIELDS.index("f0_hz")] = 440.0  # A4: pitch cell 48
+    known = np.ones(events.shape, dtype=bool)
+    series = np.array([[MODES.index("bar")], [UNKNOWN_SERIES]], dtype=np.int8)
+    targets = build_targets(events, known, np.array([1, 1]), series, n_frames=20)
+    assert int(targets.series[0, 10, 48]) == MODES.index("bar")
+    assert int((targets.series[0] >= 0).sum()) == 1 and int((targets.series[1] >= 0).sum()) == 0
+    outputs = torch.zeros(2, N_OUTPUTS, 20, N_PITCHES)
+    assert float(losses(outputs, targets)[2]) == pytest.approx(math.log(len(MODES)), rel=1e-5)  # uniform guess
+    outputs[:, SERIES_CHANNELS.start + MODES.index("bar")] = 8.0
+    assert float(losses(outputs, targets)[2]) < 1e-3
+    unlabelled = dataclasses.replace(targets, series=torch.full_like(targets.series, -1))
+    assert float(losses(torch.zeros_like(outputs), unlabelled)[2]) == 0.0
 
 
 def _saved(tmp_path: Path, seed: int = 0) -> Path:
@@ -254,8 +289,11 @@ def _tiny_set(*, seed: int, n_clips: int, n_samples: int) -> training_data.Train
     known = np.zeros(events.shape, dtype=bool)
     for i, c in enumerate(clips):
         events[i, : c.atoms.shape[0]], known[i, : c.atoms.shape[0]] = c.atoms, c.known
+    series = np.full(events.shape[:2], -1, dtype=np.int8)
+    for i, c in enumerate(clips):
+        series[i, : c.series.size] = c.series
     counts = np.array([c.atoms.shape[0] for c in clips])
-    return training_data.TrainingSet(np.stack([c.audio for c in clips]), events, known, counts)
+    return training_data.TrainingSet(np.stack([c.audio for c in clips]), events, known, counts, series)
 
 
 def test_training_lowers_the_loss_on_a_tiny_set(tmp_path):
@@ -307,6 +345,7 @@ def test_training_data_shards_are_reproducible(tmp_path):
     a, b = training_data.load(first), training_data.load(second)
     np.testing.assert_array_equal(a.audio, b.audio)
     np.testing.assert_array_equal(a.events, b.events)
+    np.testing.assert_array_equal(a.series, b.series)
     assert a.audio.shape == (2, 2**15) and np.abs(a.audio).max(axis=1) == pytest.approx([1.0, 1.0])
 
 
@@ -371,3 +410,25 @@ def test_encoder_start_places_proposals_first_and_spares_at_the_bottom(tmp_path)
     np.testing.assert_allclose(start.values["f0_hz"][0, :5], found.params.f0_hz[0].numpy(), rtol=1e-6)
     np.testing.assert_allclose(start.values["decay_s"][0, :5], found.params.decay_s[0].numpy(), rtol=1e-6)
     assert np.all(start.values["gain_db"][0, 5:] == bounds.gain_db.lo + 1)
+    np.testing.assert_array_equal(start.modes[0, :5], found.modes.numpy())
+    assert np.all(start.modes[0, 5:] == MODES.index("string"))
+
+
+def test_encoder_start_keeps_a_proposed_series_only_where_the_fit_allows_it(tmp_path):
+    from splat.engines import Region
+    from splat.fitting import initial_params
+
+    audio, _ = _three_notes()
+    target = audio / np.abs(audio).max()
+    bounds = Bounds.for_sample_rate(22050)
+    found = Encoder.load(_saved(tmp_path)).proposals(target, 22050, max_atoms=5, bounds=bounds)
+    membranes = dataclasses.replace(found, modes=torch.full_like(found.modes, MODES.index("membrane")))
+    region = Region(start=0, n_samples=target.size, segment_starts=(0,), n_segment=target.size)
+
+    def start_modes(allowed):
+        rng = np.random.default_rng(0)
+        kwargs = {"tone_peak_db": 0.0, "init": "encoder", "proposals": membranes, "allowed_modes": allowed}
+        return initial_params(target, region, 22050, 8, bounds, rng, **kwargs).modes[0]
+
+    assert [MODES[m] for m in start_modes(("string", "membrane"))] == ["membrane"] * 5 + ["string"] * 3
+    assert [MODES[m] for m in start_modes(("string", "bar"))] == ["string"] * 8

@@ -3,6 +3,8 @@
 A shard is one `.npz` file of clips of one source (`synthetic` or `midi`), written
 atomically, so an interrupted build keeps every finished shard and a rerun only
 makes the missing ones (the shard's seed follows from the set's seed and its index).
+Shard names carry the generator's version (`SHARD_VERSION`), so shards of an older
+generator are never mixed into a new set.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ SOURCES = ("synthetic", "midi")
 CLIPS_PER_SHARD = 200
 #: Most events stored per clip (more are dropped, the quietest first).
 MAX_EVENTS = 48
+#: Version of what the generators draw and a shard holds (2: the events' partial series).
+SHARD_VERSION = 2
+_ARRAYS = ("audio", "events", "known", "counts", "series")
 
 
 def benchmark_audio_dir() -> Path:
@@ -54,7 +59,7 @@ class DataProgress:
 
 
 def _shard_path(root: Path, source: str, index: int) -> Path:
-    return root / f"{source}-{index:04d}.npz"
+    return root / f"{source}-v{SHARD_VERSION}-{index:04d}.npz"
 
 
 def build(
@@ -112,14 +117,16 @@ def _write_shard(path: Path, clips: list[synthetic.Clip]) -> None:
     events = np.zeros((len(clips), MAX_EVENTS, N_FIELDS), dtype=np.float32)
     known = np.zeros((len(clips), MAX_EVENTS, N_FIELDS), dtype=bool)
     counts = np.zeros(len(clips), dtype=np.int64)
+    series = np.full((len(clips), MAX_EVENTS), synthetic.UNKNOWN_SERIES, dtype=np.int8)
     for i, clip in enumerate(clips):
         order = np.argsort(-clip.atoms[:, 1], kind="stable")[:MAX_EVENTS]  # loudest first (gain_db)
         counts[i] = order.size
         events[i, : order.size] = clip.atoms[order]
         known[i, : order.size] = clip.known[order]
+        series[i, : order.size] = clip.series[order]
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
-            np.savez(handle, audio=audio, events=events, known=known, counts=counts)
+            np.savez(handle, audio=audio, events=events, known=known, counts=counts, series=series)
 
 
 @dataclass(frozen=True)
@@ -131,12 +138,15 @@ class TrainingSet:
         events: Physical fields per event, shape (clips, MAX_EVENTS, n_fields).
         known: Which of them are ground truth, same shape, bool.
         counts: Events per clip, shape (clips,).
+        series: Each event's partial series (index into `splat.modes.MODES`, or
+            `synthetic.UNKNOWN_SERIES`), shape (clips, MAX_EVENTS), int8.
     """
 
     audio: np.ndarray
     events: np.ndarray
     known: np.ndarray
     counts: np.ndarray
+    series: np.ndarray
 
 
 def load(paths: list[Path]) -> TrainingSet:
@@ -152,7 +162,7 @@ def load(paths: list[Path]) -> TrainingSet:
         refuse_benchmark_path(path)
         try:
             with np.load(path, allow_pickle=False) as shard:
-                parts.append({k: shard[k] for k in ("audio", "events", "known", "counts")})
+                parts.append({k: shard[k] for k in _ARRAYS})
         except (OSError, ValueError, KeyError) as exc:
             raise SplatError(f"cannot read training shard {path}: {exc}; delete it and build again") from exc
-    return TrainingSet(**{k: np.concatenate([p[k] for p in parts]) for k in ("audio", "events", "known", "counts")})
+    return TrainingSet(**{k: np.concatenate([p[k] for p in parts]) for k in _ARRAYS})

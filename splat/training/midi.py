@@ -19,7 +19,7 @@ import soundfile as sf
 
 from splat.errors import SplatError
 from splat.params import FIELDS
-from splat.training.synthetic import CLIP_RATE, CLIP_SAMPLES, Clip, _midi_to_hz, note_pattern
+from splat.training.synthetic import CLIP_RATE, CLIP_SAMPLES, UNKNOWN_SERIES, Clip, _midi_to_hz, note_pattern
 
 #: Soundfont files training may use, by Debian package. Nothing else is read.
 SOUNDFONTS = {
@@ -135,4 +135,5 @@ def midi_clip(rng: np.random.Generator, soundfonts: dict[str, Path], *, n_sample
         rows.append(values)
     table = np.array(rows, dtype=np.float32)
     known = np.tile(np.array(_KNOWN), (len(rows), 1))
-    return Clip((audio / peak).astype(np.float32), table, known)
+    series = np.full(len(rows), UNKNOWN_SERIES, dtype=np.int8)  # what a soundfont's instrument rings with
+    return Clip((audio / peak).astype(np.float32), table, known, series)

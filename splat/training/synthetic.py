@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from splat.atoms import Atom, AtomSet
+from splat.modes import MODES
 from splat.params import FIELDS, Bounds
 from splat.synth import render_atom_set
 
@@ -27,6 +28,12 @@ CLIP_RATE = 22050
 CLIP_SAMPLES = 2**15
 #: Longest stretch rendered before a clip that starts inside a sound (s).
 PRE_ROLL_S = 0.6
+#: Series index of an event whose partial series is not known (rendered MIDI).
+UNKNOWN_SERIES = -1
+#: Share of the struck family's clips played on bars (mallets: marimba, xylophone, glockenspiel).
+BAR_SHARE = 0.2
+#: Share of kicks, snares and toms rendered with a membrane's modes (the rest as inharmonic strings).
+MEMBRANE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -39,11 +46,14 @@ class Clip:
             shape (events, n_fields); gains are relative to `audio`'s level.
         known: Which fields are ground truth, shape (events, n_fields), bool
             (all of them here; rendered MIDI only knows time, f0 and duration).
+        series: Each event's partial series, an index into `splat.modes.MODES`, or
+            UNKNOWN_SERIES; shape (events,), int8.
     """
 
     audio: np.ndarray
     atoms: np.ndarray
     known: np.ndarray
+    series: np.ndarray
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -54,8 +64,14 @@ def _midi_to_hz(midi: float) -> float:
     return 440.0 * 2.0 ** ((midi - 69.0) / 12.0)
 
 
-def family_atom(family: str, rng: np.random.Generator, *, time_s: float, midi: float, gain_db: float) -> dict:
-    """Physical fields of one atom of a family at a pitch (MIDI number, fractional allowed)."""
+def family_atom(
+    family: str, rng: np.random.Generator, *, time_s: float, midi: float, gain_db: float, modes: str = "string"
+) -> dict:
+    """Physical fields of one atom of a family at a pitch (MIDI number, fractional allowed), and its `modes`.
+
+    `modes` is the pitched families' partial series; a drum picks its own (membranes for
+    kicks, snares and toms, mostly; strings stretched by inharmonicity for hats and cymbals).
+    """
     f0 = _midi_to_hz(midi)
     low = min(1.0, max(0.0, (84.0 - midi) / 48.0))  # 1 for low notes, 0 from C6 up: low notes ring longer
     a = {
@@ -66,6 +82,7 @@ def family_atom(family: str, rng: np.random.Generator, *, time_s: float, midi: f
         "noise_bandwidth_hz": _log_uniform(rng, 500.0, 8000.0),
         "formant_hz": _log_uniform(rng, 300.0, 5000.0),
         "formant_db": float(rng.uniform(0.0, 8.0)) if rng.random() < 0.6 else 0.0,
+        "modes": modes,
     }
     if family == "struck":
         decay = _log_uniform(rng, 0.8, 3.0) * (1.0 + 3.0 * low)
@@ -139,7 +156,9 @@ def family_atom(family: str, rng: np.random.Generator, *, time_s: float, midi: f
         }[str(kind)]
         f_lo, f_hi, m_lo, m_hi, c_lo, c_hi = base
         ringing = kind in ("cymbal",) or (kind == "hat" and rng.random() < 0.3)
+        membrane = kind in ("kick", "snare", "tom") and rng.random() < MEMBRANE_SHARE
         a |= {
+            "modes": "membrane" if membrane else "string",
             "f0_hz": _log_uniform(rng, f_lo, f_hi),
             "attack_s": _log_uniform(rng, 0.0005, 0.003),
             "spread_s": _log_uniform(rng, 0.1, 0.3) if ringing else _log_uniform(rng, 0.005, 0.08),
@@ -269,10 +288,11 @@ def random_atoms(rng: np.random.Generator, *, duration_s: float) -> list[dict]:
                 atoms.append(family_atom(family, rng, time_s=t, midi=60.0, gain_db=gain))
             continue
         lowest, highest = {"struck": (28, 96), "plucked": (40, 84), "bowed": (55, 96), "blown": (48, 90)}[family]
+        modes = "bar" if family == "struck" and rng.random() < BAR_SHARE else "string"
         for t, pitch, velocity in note_pattern(rng, span_s=duration_s, lowest=lowest, highest=highest):
             detune = float(rng.normal(0.0, 0.08))  # cents-level tuning spread, as real instruments
             gain = level_db + 40.0 * math.log10(velocity)
-            atoms.append(family_atom(family, rng, time_s=t, midi=pitch + detune, gain_db=gain))
+            atoms.append(family_atom(family, rng, time_s=t, midi=pitch + detune, gain_db=gain, modes=modes))
     return atoms
 
 
@@ -304,7 +324,7 @@ def render_clip(rng: np.random.Generator, *, n_samples: int = CLIP_SAMPLES) -> C
         return render_clip(rng, n_samples=n_samples)
     audio = audio / peak
     shift_db = -20.0 * math.log10(peak)
-    rows = []
+    rows, series = [], []
     for atom in records:
         t = atom.time_s - pre_roll_s
         if t < 0.0:
@@ -323,11 +343,14 @@ def render_clip(rng: np.random.Generator, *, n_samples: int = CLIP_SAMPLES) -> C
         values = [t if name == "time_s" else getattr(atom, name) for name in FIELDS]
         values[FIELDS.index("gain_db")] += shift_db
         rows.append(values)
+        series.append(MODES.index(atom.modes))
     table = np.array(rows, dtype=np.float32).reshape(-1, len(FIELDS))
+    series_of = np.array(series, dtype=np.int8)
     if table.size:
         gains = table[:, FIELDS.index("gain_db")]
-        table = table[gains > gains.max() - 40.0]  # inaudible under the rest: not an event to find
+        audible = gains > gains.max() - 40.0  # inaudible under the rest: not an event to find
+        table, series_of = table[audible], series_of[audible]
         table[:, FIELDS.index("gain_db")] = np.clip(
             table[:, FIELDS.index("gain_db")], bounds.gain_db.lo, bounds.gain_db.hi
         )
-    return Clip(audio.astype(np.float32), table, np.ones_like(table, dtype=bool))
+    return Clip(audio.astype(np.float32), table, np.ones_like(table, dtype=bool), series_of)

@@ -5,7 +5,8 @@ An event at onset t and pitch p (MIDI, fractional) belongs to cell
 there and falls off as a gaussian around it (CenterNet's "penalty-reduced" negatives),
 and the cell regresses what the cell does not say: the offsets t / hop - m and
 p - LOWEST_MIDI - k, and every other field as `splat.params` maps it (the unit value
-sigmoid(raw) is compared, so a field's error is a share of its range).
+sigmoid(raw) is compared, so a field's error is a share of its range). Where the
+event's partial series is known, the cell also classifies it (`splat.modes.MODES`).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from splat.encoder import ENCODER_RATE, HOP, LOWEST_MIDI, N_PITCHES, RAW_FIELDS
+from splat.encoder import ENCODER_RATE, HOP, LOWEST_MIDI, N_PITCHES, RAW_FIELDS, SERIES_CHANNELS
 from splat.params import FIELDS, Bounds
 
 #: Spread of the target's gaussian around an event, in frames and in semitones.
@@ -35,11 +36,14 @@ class Targets:
         values: Regression targets per cell: onset offset and f0 offset (each in
             [-0.5, 0.5]), then the unit values of RAW_FIELDS, shape (batch, 2 + len(RAW_FIELDS), frames, N_PITCHES).
         known: Where `values` are ground truth (at event cells, known fields), same shape, bool.
+        series: The event's partial series per cell (index into `splat.modes.MODES`), -1
+            where there is no event or its series is not known, shape (batch, frames, N_PITCHES), int64.
     """
 
     heat: Tensor
     values: Tensor
     known: Tensor
+    series: Tensor
 
 
 def unit_values(events: np.ndarray, bounds: Bounds) -> np.ndarray:
@@ -60,13 +64,16 @@ def unit_values(events: np.ndarray, bounds: Bounds) -> np.ndarray:
     return out
 
 
-def build_targets(events: np.ndarray, known: np.ndarray, counts: np.ndarray, *, n_frames: int) -> Targets:
+def build_targets(
+    events: np.ndarray, known: np.ndarray, counts: np.ndarray, series: np.ndarray, *, n_frames: int
+) -> Targets:
     """Targets for a batch of clips.
 
     Args:
         events: Physical fields, shape (batch, max events, n_fields).
         known: Which of them are ground truth, same shape, bool.
         counts: Events per clip, shape (batch,).
+        series: Each event's partial series (index into MODES, negative if not known), shape (batch, max events).
         n_frames: Frames of the network's output.
     """
     bounds = Bounds.for_sample_rate(ENCODER_RATE)
@@ -74,6 +81,7 @@ def build_targets(events: np.ndarray, known: np.ndarray, counts: np.ndarray, *, 
     heat = np.zeros((batch, n_frames, N_PITCHES), dtype=np.float32)
     values = np.zeros((batch, 2 + len(RAW_FIELDS), n_frames, N_PITCHES), dtype=np.float32)
     mask = np.zeros(values.shape, dtype=bool)
+    series_of = np.full((batch, n_frames, N_PITCHES), -1, dtype=np.int64)
     loudest = np.full((batch, n_frames, N_PITCHES), -np.inf)
     gain_col = FIELDS.index("gain_db")
     time_col, f0_col = FIELDS.index("time_s"), FIELDS.index("f0_hz")
@@ -108,22 +116,26 @@ def build_targets(events: np.ndarray, known: np.ndarray, counts: np.ndarray, *, 
             mask[b, 0, m, k] = kn[e, time_col]
             mask[b, 1, m, k] = kn[e, f0_col]
             mask[b, 2:, m, k] = kn[e, raw_cols]
-    return Targets(torch.from_numpy(heat), torch.from_numpy(values), torch.from_numpy(mask))
+            series_of[b, m, k] = max(int(series[b, e]), -1)
+    arrays = (heat, values, mask, series_of)
+    return Targets(*(torch.from_numpy(a) for a in arrays))
 
 
-def losses(outputs: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
-    """Detection and regression losses of a batch.
+def losses(outputs: Tensor, targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
+    """Detection, regression and series losses of a batch.
 
     Detection: CenterNet's focal loss (alpha 2, beta 4), summed over cells and divided
     by the number of events. Regression: mean L1 over known values at event cells, the
     offsets compared as tanh(x) / 2 and the fields as sigmoid(raw), all on a 0..1 scale.
+    Series: mean cross-entropy of the series logits at event cells whose series is known
+    (0 when none is).
 
     Args:
         outputs: Network output, shape (batch, N_OUTPUTS, frames, N_PITCHES).
         targets: `build_targets` of the batch.
 
     Returns:
-        (detection loss, regression loss), scalars.
+        (detection loss, regression loss, series loss), scalars.
     """
     logit = outputs[:, 0]
     prob = torch.sigmoid(logit)
@@ -134,8 +146,14 @@ def losses(outputs: Tensor, targets: Targets) -> tuple[Tensor, Tensor]:
     neg_loss = -(((1.0 - targets.heat) ** 4) * prob**2 * log_not_p)[~positive].sum()
     n_pos = positive.sum().clamp_min(1)
     detection = (pos_loss + neg_loss) / n_pos
-    predicted = torch.cat([torch.tanh(outputs[:, 1:3]) * 0.5 + 0.5, torch.sigmoid(outputs[:, 3:])], dim=1)
+    fields = outputs[:, : SERIES_CHANNELS.start]
+    predicted = torch.cat([torch.tanh(fields[:, 1:3]) * 0.5 + 0.5, torch.sigmoid(fields[:, 3:])], dim=1)
     target = torch.cat([targets.values[:, :2] + 0.5, targets.values[:, 2:]], dim=1)
     known = targets.known
     regression = ((predicted - target).abs() * known).sum() / known.sum().clamp_min(1)
-    return detection, regression
+    labelled = targets.series >= 0
+    per_cell = torch.nn.functional.cross_entropy(
+        outputs[:, SERIES_CHANNELS], targets.series.clamp_min(0), reduction="none"
+    )
+    series = (per_cell * labelled).sum() / labelled.sum().clamp_min(1)
+    return detection, regression, series

@@ -25,6 +25,7 @@ from splat.encoder import (
     ENCODER_RATE,
     HOP,
     N_FFTS,
+    SERIES_CHANNELS,
     Encoder,
     EncoderConfig,
     EncoderNet,
@@ -57,6 +58,7 @@ class TrainConfig:
         weight_decay: AdamW's.
         seed: Seed of initialisation, batches and augmentation.
         regression_weight: Weight of the regression loss next to the detection loss.
+        series_weight: Weight of the partial-series loss next to the detection loss.
         mix_probability: Share of batch items that are two clips mixed.
         level_db: Range of the random level given to a clip (dB, <= 0).
         held_out: Share of the clips kept aside to choose the threshold and report metrics.
@@ -71,6 +73,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     seed: int = 0
     regression_weight: float = 1.0
+    series_weight: float = 0.5
     mix_probability: float = 0.3
     level_db: tuple[float, float] = (-18.0, 0.0)
     held_out: float = 0.03
@@ -104,6 +107,7 @@ class TrainProgress:
     loss: float
     detection: float
     regression: float
+    series: float
 
 
 @dataclass(frozen=True)
@@ -113,7 +117,8 @@ class TrainResult:
     Attributes:
         weights: Path of the weights (their card beside them, `.json`).
         losses: Loss after every step of this run (not of resumed steps).
-        metrics: Held-out metrics: event precision, recall, F1 at the chosen threshold.
+        metrics: Held-out metrics: event precision, recall, F1 at the chosen threshold, and how
+            often the series is right at the events whose series is known.
         seconds: Wall time of this run.
     """
 
@@ -131,11 +136,11 @@ def _split(data: TrainingSet, held_out: float, seed: int) -> tuple[np.ndarray, n
 
 def _batch(
     data: TrainingSet, pool: np.ndarray, config: TrainConfig, rng: np.random.Generator
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray]:
-    """Audio (batch, samples) and events, augmented (see the module docstring)."""
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Audio (batch, samples), events, which are known, counts and series, augmented (see the module docstring)."""
     gain_col = FIELDS.index("gain_db")
     n_events = data.events.shape[1]
-    audio, events, known, counts = [], [], [], []
+    audio, events, known, counts, series = [], [], [], [], []
     for _ in range(config.batch_size):
         picks = [int(rng.choice(pool))]
         if rng.random() < config.mix_probability:
@@ -145,23 +150,26 @@ def _batch(
         peak = max(float(np.max(np.abs(mix))), 1e-9)
         level = float(rng.uniform(*config.level_db))
         scale = 10.0 ** (level / 20.0) / peak
-        rows, masks = [], []
+        rows, masks, kinds = [], [], []
         for i, db in zip(picks, levels, strict=True):
             n = int(data.counts[i])
             ev = data.events[i, :n].copy()
             ev[:, gain_col] += db + 20.0 * math.log10(scale)
             rows.append(ev)
             masks.append(data.known[i, :n])
-        ev, kn = np.concatenate(rows), np.concatenate(masks)
+            kinds.append(data.series[i, :n])
+        ev, kn, kind = np.concatenate(rows), np.concatenate(masks), np.concatenate(kinds)
         order = np.argsort(-np.where(kn[:, gain_col], ev[:, gain_col], 0.0), kind="stable")[:n_events]
         padded_ev = np.zeros((n_events, ev.shape[1]), dtype=np.float32)
         padded_kn = np.zeros((n_events, ev.shape[1]), dtype=bool)
-        padded_ev[: order.size], padded_kn[: order.size] = ev[order], kn[order]
+        padded_kind = np.full(n_events, -1, dtype=np.int8)
+        padded_ev[: order.size], padded_kn[: order.size], padded_kind[: order.size] = ev[order], kn[order], kind[order]
         audio.append((mix * scale).astype(np.float32))
         events.append(padded_ev)
         known.append(padded_kn)
         counts.append(order.size)
-    return torch.from_numpy(np.stack(audio)), np.stack(events), np.stack(known), np.array(counts)
+        series.append(padded_kind)
+    return torch.from_numpy(np.stack(audio)), np.stack(events), np.stack(known), np.array(counts), np.stack(series)
 
 
 def _checkpoint_path(out: Path) -> Path:
@@ -214,11 +222,11 @@ def train(
     history: list[float] = []
     net.train()
     for step in range(first_step + 1, config.n_steps + 1):
-        audio, events, known, counts = _batch(data, train_pool, config, rng)
+        audio, events, known, counts, series = _batch(data, train_pool, config, rng)
         outputs = net(features(audio, filters))
-        targets = build_targets(events, known, counts, n_frames=outputs.shape[2])
-        detection, regression = losses(outputs, targets)
-        loss = detection + config.regression_weight * regression
+        targets = build_targets(events, known, counts, series, n_frames=outputs.shape[2])
+        detection, regression, series_loss = losses(outputs, targets)
+        loss = detection + config.regression_weight * regression + config.series_weight * series_loss
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 5.0)
@@ -226,9 +234,8 @@ def train(
         schedule.step()
         history.append(float(loss.detach()))
         if callback is not None:
-            callback(
-                TrainProgress(step, config.n_steps, history[-1], float(detection.detach()), float(regression.detach()))
-            )
+            parts = (float(detection.detach()), float(regression.detach()), float(series_loss.detach()))
+            callback(TrainProgress(step, config.n_steps, history[-1], *parts))
         if step % config.checkpoint_every == 0 and step < config.n_steps:
             _save_checkpoint(checkpoint, net, optimiser, schedule, rng, step, config)
     net.eval()
@@ -279,18 +286,31 @@ def _matches(found: list[tuple[float, float]], truth: list[tuple[float, float]])
 def choose_threshold(
     net: EncoderNet, network: EncoderConfig, data: TrainingSet, pool: np.ndarray
 ) -> tuple[float, dict[str, float]]:
-    """The decoding threshold with the best event F1 on held-out clips, and its precision, recall, F1."""
+    """The decoding threshold with the best event F1 on held-out clips, its precision, recall, F1, and the
+    share of events with a known series whose cell names that series."""
     bounds = Bounds.for_sample_rate(ENCODER_RATE)
     filters = [log_frequency_filters(n) for n in N_FFTS]
     totals = {t: [0, 0, 0] for t in _THRESHOLDS}  # hits, found, truth
+    series_right, series_known = 0, 0
     time_col, f0_col = FIELDS.index("time_s"), FIELDS.index("f0_hz")
     for i in pool:
         outputs = net(features(torch.from_numpy(data.audio[i][None]), filters))[0]
         n = int(data.counts[i])
         truth = [(float(e[time_col]), 69 + 12 * math.log2(float(e[f0_col]) / 440.0)) for e in data.events[i, :n]]
+        targets = build_targets(
+            data.events[i : i + 1],
+            data.known[i : i + 1],
+            data.counts[i : i + 1],
+            data.series[i : i + 1],
+            n_frames=outputs.shape[1],
+        )
+        labelled = targets.series[0] >= 0
+        series_right += int((outputs[SERIES_CHANNELS].argmax(0) == targets.series[0])[labelled].sum())
+        series_known += int(labelled.sum())
         for t in _THRESHOLDS:
-            time_s, f0_hz, _ = decode(outputs, threshold=t, max_atoms=256, bounds=bounds)
-            found = [(float(a), 69 + 12 * math.log2(float(f) / 440.0)) for a, f in zip(time_s, f0_hz, strict=True)]
+            peaks = decode(outputs, threshold=t, max_atoms=256, bounds=bounds)
+            pairs = zip(peaks.time_s, peaks.f0_hz, strict=True)
+            found = [(float(a), 69 + 12 * math.log2(float(f) / 440.0)) for a, f in pairs]
             totals[t][0] += _matches(found, truth)
             totals[t][1] += len(found)
             totals[t][2] += len(truth)
@@ -306,6 +326,7 @@ def choose_threshold(
         "precision": hits / max(found, 1),
         "recall": hits / max(truth, 1),
         "f1": f1(best),
+        "series_accuracy": series_right / max(series_known, 1),
         "clips": int(len(pool)),
         "frame_s": HOP / ENCODER_RATE,
     }
