@@ -27,6 +27,7 @@ loaded without pickle and checked against the hash in their card.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import pickle
@@ -351,10 +352,16 @@ class Encoder:
         return cls(net, config, sha256=actual, threshold=threshold)
 
     def save(self, path: str | Path, **card: object) -> None:
-        """Write weights (`torch.save` of the state dict) and their card, each atomically."""
+        """Write weights (`torch.save` of the state dict) and their card, each atomically.
+
+        Saved through a buffer, not to the file: `torch.save` names the archive inside after the
+        file, and the atomic write's temporary name would make equal weights hash differently.
+        """
         path = Path(path)
+        buffer = io.BytesIO()
+        torch.save(self.net.state_dict(), buffer)
         with atomic_path(path) as tmp:
-            torch.save(self.net.state_dict(), tmp)
+            tmp.write_bytes(buffer.getvalue())
         doc = {"config": asdict(self.config), "sha256": weights_hash(path), "threshold": self.threshold} | card
         write_text_atomic(path.with_suffix(".json"), json.dumps(doc, indent=1) + "\n")
 

@@ -156,6 +156,14 @@ def test_weights_round_trip(tmp_path):
     assert first.sha256 == json.loads(path.with_suffix(".json").read_text())["sha256"]
 
 
+def test_saving_the_same_weights_twice_gives_the_same_bytes(tmp_path):
+    torch.manual_seed(0)
+    encoder = Encoder(EncoderNet(EncoderConfig(channels=4)), EncoderConfig(channels=4))
+    encoder.save(tmp_path / "a" / "encoder.pt")
+    encoder.save(tmp_path / "b" / "encoder.pt")
+    assert (tmp_path / "a" / "encoder.pt").read_bytes() == (tmp_path / "b" / "encoder.pt").read_bytes()
+
+
 def test_weights_are_not_unpickled(tmp_path):
     path = _saved(tmp_path)
 
