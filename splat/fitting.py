@@ -852,6 +852,23 @@ def _fit_chunk(
     def room_now() -> RoomParams | None:
         return None if room_fit is None else room_fit.params()
 
+    def earlier_audio() -> Tensor | None:
+        """The earlier chunks' audio over this region's context, for the time-domain engine."""
+        return context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0])
+
+    def reference_engine(noise_seeds: Tensor, background_audio: Tensor | None) -> ReferenceEngine:
+        """The time-domain engine on this chunk (the fit's with `--engine reference`, and the polish's)."""
+        return ReferenceEngine(
+            target,
+            region,
+            spec,
+            noise_seeds=noise_seeds,
+            floor_seeds=None if noise_floor is None else noise_floor.seeds,
+            room_seed=None if room_fit is None else room_fit.seed,
+            background_audio=background_audio,
+            perceptual_weight=config.perceptual_weight,
+        )
+
     if config.engine == "fast":
         engine: FastEngine | ReferenceEngine = FastEngine(
             target,
@@ -863,16 +880,7 @@ def _fit_chunk(
             background_modes=previous_modes,
         )
     else:
-        engine = ReferenceEngine(
-            target,
-            region,
-            spec,
-            noise_seeds=seeds,
-            floor_seeds=None if noise_floor is None else noise_floor.seeds,
-            room_seed=None if room_fit is None else room_fit.seed,
-            background_audio=context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0]),
-            perceptual_weight=config.perceptual_weight,
-        )
+        engine = reference_engine(seeds, earlier_audio())
 
     learned = [shift] + ([] if noise_floor is None else [noise_floor.shift])
     optimiser = Adam(learned + ([] if room_fit is None or room_fit.shift is None else [room_fit.shift]))
@@ -983,19 +991,10 @@ def _fit_chunk(
             )
     raw = (raw0 + step_scales() * shift).detach()
     if config.polish_iters > 0 and active.any():
-        background = context_background(so_far, region, spec, n_file=n, device=device, room=room_so_far[0])
+        background = earlier_audio()
 
         def polish_engine(noise_seeds: Tensor) -> ReferenceEngine:
-            return ReferenceEngine(
-                target,
-                region,
-                spec,
-                noise_seeds=noise_seeds,
-                floor_seeds=None if noise_floor is None else noise_floor.seeds,
-                room_seed=None if room_fit is None else room_fit.seed,
-                background_audio=background,
-                perceptual_weight=config.perceptual_weight,
-            )
+            return reference_engine(noise_seeds, background)
 
         room = None if room_fit is None else RoomParams(*(v.detach() for v in vars(room_fit.params()).values()))
         polish = _polish(
